@@ -1,0 +1,3 @@
+from mmsocial.cli import app
+
+app()

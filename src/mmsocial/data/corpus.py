@@ -1,0 +1,366 @@
+"""The corpus: a folder of Parquet tables that every reader writes and every system reads.
+
+Layout (DESIGN.md, data model)::
+
+    CORPUS/
+      posts.parquet   post_id, user_id, image, text, tags, labels, timestamp, views, days, split, ...
+      users.parquet   user_id, name, ...
+      links.parquet   src, dst, kind
+      meta.json       name, version, vocabularies, provenance, missing-modality counts
+      images/         image files referenced by posts.image (relative paths)
+
+A missing modality is a null (None / NaN) in its column and is counted in ``meta["missing"]``;
+nothing is ever filled in silently. Extra columns (e.g. the synthetic generator's ground-truth
+``objects``) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+
+POST_COLUMNS = ["post_id", "user_id", "image", "text", "tags", "labels",
+                "timestamp", "views", "days", "split"]
+USER_COLUMNS = ["user_id", "name"]
+LINK_COLUMNS = ["src", "dst", "kind"]
+SPLITS = ("train", "val", "test")
+SYNTHETIC_IMAGE_SCHEME = "synth:"
+
+
+class CorpusError(ValueError):
+    """A corpus is malformed; the message names the file, post and field at fault."""
+
+
+def _empty_posts() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in POST_COLUMNS})
+
+
+def make_posts(records: Iterable[dict]) -> pd.DataFrame:
+    """Build a posts table from dicts, filling absent columns with nulls and normalising types."""
+    df = pd.DataFrame.from_records(list(records))
+    return normalise_posts(df)
+
+
+def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for c in POST_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    df["post_id"] = df["post_id"].astype(str)
+    for c in ("user_id", "image", "text", "split"):
+        df[c] = df[c].astype(object).where(df[c].notna(), None)
+    # An empty or whitespace-only text is a missing text, recorded as such.
+    df["text"] = df["text"].map(lambda t: t if isinstance(t, str) and t.strip() else None)
+    for c in ("tags", "labels"):
+        df[c] = df[c].map(_as_str_list)
+    df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype("float64")
+    for c in ("views", "days"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    ordered = POST_COLUMNS + [c for c in df.columns if c not in POST_COLUMNS]
+    return df[ordered].reset_index(drop=True)
+
+
+def _as_str_list(v) -> list[str]:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return []
+    if isinstance(v, str):
+        return [v]
+    return [str(x) for x in v]
+
+
+@dataclass
+class Corpus:
+    posts: pd.DataFrame
+    users: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=USER_COLUMNS))
+    links: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LINK_COLUMNS))
+    meta: dict = field(default_factory=dict)
+    root: Path | None = None
+
+    def __post_init__(self):
+        self.posts = normalise_posts(self.posts)
+        if self.users is None or len(self.users.columns) == 0:
+            self.users = pd.DataFrame(columns=USER_COLUMNS)
+        for c in USER_COLUMNS:
+            if c not in self.users.columns:
+                self.users[c] = None
+        self.users["user_id"] = self.users["user_id"].astype(str)
+        if self.links is None or len(self.links.columns) == 0:
+            self.links = pd.DataFrame(columns=LINK_COLUMNS)
+        self.links = self.links.astype({"src": str, "dst": str, "kind": str}).reset_index(drop=True)
+        self.meta = dict(self.meta)
+        self._index: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.posts)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", "corpus")
+
+    @property
+    def post_index(self) -> dict[str, int]:
+        """post_id -> row position in ``posts``."""
+        if self._index is None or len(self._index) != len(self.posts):
+            self._index = {p: i for i, p in enumerate(self.posts["post_id"])}
+        return self._index
+
+    def row(self, post_id: str) -> pd.Series:
+        try:
+            return self.posts.iloc[self.post_index[post_id]]
+        except KeyError:
+            raise CorpusError(f"{self._where()}: unknown post {post_id!r}") from None
+
+    def tag_vocabulary(self) -> list[str]:
+        return list(self.meta.get("vocabularies", {}).get("tags") or _by_frequency(self.posts["tags"]))
+
+    def label_vocabulary(self) -> list[str]:
+        return list(self.meta.get("vocabularies", {}).get("labels") or _by_frequency(self.posts["labels"]))
+
+    def _where(self) -> str:
+        return str(self.root) if self.root else f"corpus {self.name!r}"
+
+    # ------------------------------------------------------------------ images
+    def image_path(self, post_id: str) -> Path | None:
+        img = self.row(post_id)["image"]
+        if img is None or str(img).startswith(SYNTHETIC_IMAGE_SCHEME):
+            return None
+        p = Path(img)
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    def open_image(self, post_id: str):
+        """The post's image as an RGB PIL image; a clear CorpusError if it is missing or corrupt."""
+        from PIL import Image
+
+        row = self.row(post_id)
+        img = row["image"]
+        if img is None:
+            raise CorpusError(f"{self._where()}: post {post_id!r} has no image (field 'image' is missing)")
+        if str(img).startswith(SYNTHETIC_IMAGE_SCHEME):
+            from mmsocial.data.synthetic import render_post_image
+
+            return render_post_image(row, self.meta)
+        path = self.image_path(post_id)
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (1024, 1024))  # JPEG: decode at reduced size when the file is huge
+                return _to_rgb(im)
+        except FileNotFoundError:
+            raise CorpusError(f"{self._where()}: post {post_id!r}: image file {path} does not exist") from None
+        except Exception as e:  # PIL raises many types for corrupt files
+            raise CorpusError(f"{self._where()}: post {post_id!r}: image file {path} is unreadable ({e})") from None
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, check_images: str = "exists") -> dict:
+        """Check the corpus; raise CorpusError naming the culprit, else return missing-modality counts.
+
+        check_images: "none", "exists" (each image file is present) or "decode" (each one opens).
+        """
+        where = self._where()
+        p = self.posts
+        dup = p["post_id"][p["post_id"].duplicated()]
+        if len(dup):
+            raise CorpusError(f"{where}: duplicate post id {dup.iloc[0]!r} (field 'post_id')")
+        for c in ("views", "days"):
+            bad = ~np.isfinite(p[c].to_numpy()) & p[c].notna().to_numpy()
+            if bad.any():
+                raise CorpusError(f"{where}: post {p['post_id'][bad].iloc[0]!r}: field {c!r} is not finite")
+        # Popularity is recorded by views and days together: one without the other is NaN popularity.
+        half = p["views"].isna() != p["days"].isna()
+        if half.any():
+            i = int(np.flatnonzero(half.to_numpy())[0])
+            missing = "views" if pd.isna(p["views"].iloc[i]) else "days"
+            raise CorpusError(f"{where}: post {p['post_id'].iloc[i]!r}: field {missing!r} is NaN "
+                              f"while the other popularity field is set (NaN popularity)")
+        neg = (p["views"] < 0) | (p["days"] <= 0)
+        if neg.any():
+            raise CorpusError(f"{where}: post {p['post_id'][neg].iloc[0]!r}: views must be >= 0 and days > 0")
+        if "popularity" in p.columns:
+            nan = p["popularity"].isna() & p["split"].notna()
+            if nan.any():
+                raise CorpusError(f"{where}: post {p['post_id'][nan].iloc[0]!r}: field 'popularity' is NaN")
+        bad_split = p["split"].notna() & ~p["split"].isin(SPLITS)
+        if bad_split.any():
+            i = int(np.flatnonzero(bad_split.to_numpy())[0])
+            raise CorpusError(f"{where}: post {p['post_id'].iloc[i]!r}: field 'split' is "
+                              f"{p['split'].iloc[i]!r}, expected one of {SPLITS}")
+        ids = set(p["post_id"])
+        for end in ("src", "dst"):
+            unknown = ~self.links[end].isin(ids)
+            if unknown.any():
+                r = self.links[unknown].iloc[0]
+                raise CorpusError(f"{where}: link {r['src']!r} -> {r['dst']!r} ({r['kind']}) "
+                                  f"points to unknown post {r[end]!r} (field {end!r} of links.parquet)")
+        known_users = set(self.users["user_id"])
+        if known_users:
+            unknown = p["user_id"].notna() & ~p["user_id"].isin(known_users)
+            if unknown.any():
+                r = p[unknown].iloc[0]
+                raise CorpusError(f"{where}: post {r['post_id']!r}: unknown user {r['user_id']!r} "
+                                  f"(field 'user_id' not in users.parquet)")
+        if check_images != "none":
+            for pid, img in zip(p["post_id"], p["image"]):
+                if img is None or str(img).startswith(SYNTHETIC_IMAGE_SCHEME):
+                    continue
+                if check_images == "decode":
+                    self.open_image(pid)
+                elif not self.image_path(pid).is_file():
+                    raise CorpusError(f"{where}: post {pid!r}: image file {self.image_path(pid)} "
+                                      f"does not exist (field 'image')")
+        return self.missing_modalities()
+
+    def missing_modalities(self) -> dict[str, int]:
+        p = self.posts
+        return {
+            "image": int(p["image"].isna().sum()),
+            "text": int(p["text"].isna().sum()),
+            "user": int(p["user_id"].isna().sum()),
+            "tags": int((p["tags"].map(len) == 0).sum()),
+            "labels": int((p["labels"].map(len) == 0).sum()),
+            "popularity": int(p["views"].isna().sum()),
+        }
+
+    # ------------------------------------------------------------------ derived corpora
+    def filter(self, keep: "np.ndarray | pd.Series | Callable[[pd.DataFrame], pd.Series]") -> "Corpus":
+        """The posts where ``keep`` is true, with links between kept posts only and their users."""
+        mask = keep(self.posts) if callable(keep) else keep
+        mask = np.asarray(mask, dtype=bool)
+        posts = self.posts[mask].reset_index(drop=True)
+        ids = set(posts["post_id"])
+        links = self.links[self.links["src"].isin(ids) & self.links["dst"].isin(ids)]
+        users = self.users[self.users["user_id"].isin(set(posts["user_id"].dropna()))]
+        return Corpus(posts, users.reset_index(drop=True), links, self.meta, self.root)
+
+    def subset(self, split: str) -> "Corpus":
+        return self.filter(self.posts["split"] == split)
+
+    def with_split(self, split: "pd.Series | np.ndarray | list") -> "Corpus":
+        posts = self.posts.copy()
+        posts["split"] = list(split)
+        return Corpus(posts, self.users, self.links, self.meta, self.root)
+
+    def with_links(self, links: pd.DataFrame) -> "Corpus":
+        return Corpus(self.posts, self.users, links, self.meta, self.root)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict:
+        p = self.posts
+        n_tags = p["tags"].map(len)
+        return {
+            "name": self.name,
+            "posts": len(p),
+            "users": int(p["user_id"].nunique()),
+            "distinct_tags": int(len(set().union(*p["tags"])) if len(p) else 0),
+            "mean_tags_per_post": float(n_tags.mean()) if len(p) else 0.0,
+            "distinct_labels": int(len(set().union(*p["labels"])) if len(p) else 0),
+            "links": int(len(self.links)),
+            "links_by_kind": {k: int(v) for k, v in self.links["kind"].value_counts().items()},
+            "splits": {str(k): int(v) for k, v in p["split"].value_counts(dropna=False).items()},
+            "missing": self.missing_modalities(),
+        }
+
+    def describe(self) -> str:
+        s = self.summary()
+        lines = [f"corpus {s['name']}" + (f" at {self.root}" if self.root else "")]
+        for k in ("posts", "users", "distinct_tags", "mean_tags_per_post", "distinct_labels", "links"):
+            v = s[k]
+            lines.append(f"  {k:<20} {v:.2f}" if isinstance(v, float) else f"  {k:<20} {v}")
+        lines.append(f"  {'links by kind':<20} {s['links_by_kind']}")
+        lines.append(f"  {'splits':<20} {s['splits']}")
+        lines.append(f"  {'missing modalities':<20} {s['missing']}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ disk
+    def save(self, path: str | os.PathLike, copy_images_from: Path | None = None) -> Path:
+        """Write the tables atomically: into a temporary folder beside ``path``, then rename.
+
+        Image files already under ``path`` (e.g. written there by a reader) are kept.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tables-", dir=path))
+        try:
+            pq.write_table(_posts_to_arrow(self.posts), tmp / "posts.parquet")
+            pq.write_table(pa.Table.from_pandas(self.users, preserve_index=False), tmp / "users.parquet")
+            pq.write_table(pa.Table.from_pandas(self.links[LINK_COLUMNS], preserve_index=False),
+                           tmp / "links.parquet")
+            meta = dict(self.meta)
+            meta.setdefault("name", path.name)
+            meta["format_version"] = FORMAT_VERSION
+            meta["missing"] = self.missing_modalities()
+            meta.setdefault("vocabularies", {})
+            meta["vocabularies"].setdefault("tags", _by_frequency(self.posts["tags"]))
+            meta["vocabularies"].setdefault("labels", _by_frequency(self.posts["labels"]))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+            for f in ("posts.parquet", "users.parquet", "links.parquet", "meta.json"):
+                os.replace(tmp / f, path / f)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.root, self.meta = path, meta
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, validate: bool = True) -> "Corpus":
+        path = Path(path)
+        if not (path / "posts.parquet").is_file():
+            raise CorpusError(f"{path}: not a corpus folder (no posts.parquet). Build one with "
+                              f"`mmsocial data synthetic --out {path}` or another `mmsocial data` reader.")
+        try:
+            posts = pq.read_table(path / "posts.parquet").to_pandas()
+            users = pq.read_table(path / "users.parquet").to_pandas() if (path / "users.parquet").is_file() else None
+            links = pq.read_table(path / "links.parquet").to_pandas() if (path / "links.parquet").is_file() else None
+            meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
+        except Exception as e:
+            raise CorpusError(f"{path}: cannot read corpus tables ({e})") from None
+        corpus = cls(posts, users, links, meta, path)
+        if validate:
+            corpus.validate(check_images="none")
+        return corpus
+
+
+def _posts_to_arrow(posts: pd.DataFrame) -> pa.Table:
+    fields = [
+        pa.field("post_id", pa.string()), pa.field("user_id", pa.string()),
+        pa.field("image", pa.string()), pa.field("text", pa.string()),
+        pa.field("tags", pa.list_(pa.string())), pa.field("labels", pa.list_(pa.string())),
+        pa.field("timestamp", pa.float64()), pa.field("views", pa.float64()),
+        pa.field("days", pa.float64()), pa.field("split", pa.string()),
+    ]
+    base = pa.Table.from_pandas(posts[POST_COLUMNS], schema=pa.schema(fields), preserve_index=False)
+    extra = [c for c in posts.columns if c not in POST_COLUMNS]
+    for c in extra:
+        base = base.append_column(c, pa.array(posts[c].tolist()))
+    return base
+
+
+def _by_frequency(lists: pd.Series) -> list[str]:
+    counts: dict[str, int] = {}
+    for lst in lists:
+        for t in lst:
+            counts[t] = counts.get(t, 0) + 1
+    return sorted(counts, key=lambda t: (-counts[t], t))
+
+
+def _to_rgb(im):
+    """RGB copy of a PIL image; transparency is composed onto white (clip art is mostly RGBA)."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.split()[-1])
+        return bg
+    return im.convert("RGB")
