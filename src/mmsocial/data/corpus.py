@@ -59,11 +59,12 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
     for c in POST_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    df["post_id"] = df["post_id"].astype(str)
+    df["post_id"] = pd.Series([str(v) for v in df["post_id"]], dtype=object, index=df.index)
     for c in ("user_id", "image", "text", "split"):
-        df[c] = df[c].astype(object).where(df[c].notna(), None)
+        df[c] = pd.Series([_str_or_none(v) for v in df[c]], dtype=object, index=df.index)
     # An empty or whitespace-only text is a missing text, recorded as such.
-    df["text"] = df["text"].map(lambda t: t if isinstance(t, str) and t.strip() else None)
+    df["text"] = pd.Series([t if t is not None and t.strip() else None for t in df["text"]],
+                           dtype=object, index=df.index)
     for c in ("tags", "labels"):
         df[c] = df[c].map(_as_str_list)
     df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype("float64")
@@ -71,6 +72,12 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     ordered = POST_COLUMNS + [c for c in df.columns if c not in POST_COLUMNS]
     return df[ordered].reset_index(drop=True)
+
+
+def _str_or_none(v) -> str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    return str(v)
 
 
 def _as_str_list(v) -> list[str]:
