@@ -76,11 +76,18 @@ def data_openclipart(out: Path = typer.Option(Path("data/openclipart"), help="co
                      cache: Path = typer.Option(Path("cache/openclipart"), help="where the Debian "
                                                 "packages are downloaded and unpacked"),
                      max_side: int = typer.Option(256, help="images are downscaled to this side"),
-                     limit: Optional[int] = typer.Option(None, help="keep only the first N posts")):
+                     limit: Optional[int] = typer.Option(None, help="keep only the first N posts"),
+                     exclude: str = typer.Option("shapes,special,computer", help="comma-separated "
+                                                 "top-level folders to leave out ('' keeps all)")):
     """Build a corpus from the Debian openclipart packages (fetched with apt-get if needed)."""
+    from mmsocial.data.corpus import CorpusError
     from mmsocial.data.openclipart import build_openclipart_corpus
 
-    c = build_openclipart_corpus(out, source=source, cache=cache, max_side=max_side, limit=limit)
+    try:
+        c = build_openclipart_corpus(out, source=source, cache=cache, max_side=max_side, limit=limit,
+                                     exclude=tuple(x.strip() for x in exclude.split(",") if x.strip()))
+    except (CorpusError, ValueError) as e:
+        _fail(str(e))
     typer.echo(c.describe())
 
 
@@ -88,11 +95,91 @@ def data_openclipart(out: Path = typer.Option(Path("data/openclipart"), help="co
 def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to write"),
                images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to")):
     """Build a corpus from a JSONL file, one post a line (see docs/data.md for the fields)."""
+    from mmsocial.data.corpus import CorpusError
     from mmsocial.data.jsonl import read_jsonl_corpus
 
-    c = read_jsonl_corpus(file, images_root=images_root)
+    try:
+        c = read_jsonl_corpus(file, images_root=images_root)
+    except CorpusError as e:
+        _fail(str(e))
     c.save(out)
     typer.echo(c.describe())
+
+
+# ---------------------------------------------------------------------------- features
+@features_app.command("extract")
+def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
+                     kind: str = typer.Option("regions", help="regions | pooled | objects"),
+                     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | vgg16 | vgg19 | "
+                                                  "resnet152 | alexnet"),
+                     size: int = typer.Option(224, help="input side in pixels (images resized, no crop)"),
+                     weights: str = typer.Option("imagenet", help="imagenet | random | PATH to a state dict"),
+                     batch_size: int = typer.Option(32, "--batch-size"),
+                     workers: int = typer.Option(2, help="image-decoding worker processes"),
+                     out: Optional[Path] = typer.Option(None, help="default CORPUS/features/KIND-BACKBONE-SIZE"),
+                     boxes: str = typer.Option("cam", help="objects: cam | grid | PATH to an ONNX detector"),
+                     objects: int = typer.Option(10, help="objects: boxes per image"),
+                     on_error: str = typer.Option("raise", help="undecodable image: raise | zeros "
+                                                  "(zeros + valid mask)"),
+                     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)")):
+    """Extract image features into the feature store (resumes an interrupted run)."""
+    from mmsocial.data.corpus import Corpus, CorpusError
+    from mmsocial.features.backbones import MissingWeightsError
+    from mmsocial.features.extract import extract_features
+    from mmsocial.features.store import FeatureStoreError
+
+    try:
+        c = Corpus.load(corpus)
+        fs = extract_features(c, kind, backbone, size, out=out, batch_size=batch_size, workers=workers,
+                              weights=weights, boxes=boxes, objects=objects, on_error=on_error,
+                              device=device)
+    except (CorpusError, MissingWeightsError, FeatureStoreError, ValueError) as e:
+        _fail(str(e))
+    s = fs.stats
+    typer.echo(f"wrote {fs.path}: {len(fs)} posts x {fs.dims} float16 ({fs.manifest['weights']})")
+    resumed = f", resumed after {s['resumed_from']} done" if s["resumed_from"] else ""
+    typer.echo(f"throughput: {s['images']} images in {s['seconds']:.1f}s = {s['images_per_s']:.1f} images/s{resumed}")
+
+
+# ---------------------------------------------------------------------------- train / experiment
+# system -> (module, function(config, corpus, out, overrides) -> run folder); systems add a line here
+TRAINERS = {"dman": ("mmsocial.experiment", "train_dman_command")}
+
+
+@app.command("train")
+def train_cmd(system: str = typer.Argument(..., help=f"one of {', '.join(SYSTEMS)}"),
+              config: Path = typer.Option(..., help="YAML preset, e.g. configs/dman/small.yaml"),
+              corpus: Optional[Path] = typer.Option(None, help="corpus folder (overrides the config's)"),
+              out: Optional[Path] = typer.Option(None, help="run folder (default: the config's workdir)"),
+              override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set model.epochs=5")):
+    """Train one model of SYSTEM on a corpus; writes checkpoints, logs and vocabularies to the run folder."""
+    import importlib
+
+    from mmsocial.config import ConfigError
+    from mmsocial.data.corpus import CorpusError
+
+    if system not in TRAINERS:
+        _fail(f"no trainer for system {system!r} yet; available: {sorted(TRAINERS)}")
+    module, name = TRAINERS[system]
+    try:
+        run_dir = getattr(importlib.import_module(module), name)(config, corpus, out, override)
+    except (ConfigError, CorpusError) as e:
+        _fail(str(e))
+    typer.echo(f"trained {system}: {run_dir}")
+
+
+@app.command("experiment")
+def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/dman/table2.yaml"),
+                   override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set seeds=[0]")):
+    """Train every row of a paper table over its seeds and print the table(s) (mean ± std)."""
+    from mmsocial.config import ConfigError
+    from mmsocial.data.corpus import CorpusError
+    from mmsocial.experiment import run_experiment
+
+    try:
+        run_experiment(config, override)
+    except (ConfigError, CorpusError) as e:
+        _fail(str(e))
 
 
 # ---------------------------------------------------------------------------- demo

@@ -349,7 +349,7 @@ def _posts_to_arrow(posts: pd.DataFrame) -> pa.Table:
     base = pa.Table.from_pandas(posts[POST_COLUMNS], schema=pa.schema(fields), preserve_index=False)
     extra = [c for c in posts.columns if c not in POST_COLUMNS]
     for c in extra:
-        base = base.append_column(c, pa.array(posts[c].tolist()))
+        base = base.append_column(c, pa.array(posts[c].tolist(), from_pandas=True))  # NaN -> null
     return base
 
 

@@ -1,0 +1,5 @@
+"""Baselines shared by several systems' tables."""
+
+from mmsocial.models.baselines.cca import CCA, DCCA, KCCA, cca_correlation
+
+__all__ = ["CCA", "KCCA", "DCCA", "cca_correlation"]

@@ -1,0 +1,173 @@
+"""Validated configuration: YAML presets loaded into pydantic models with dotted overrides.
+
+A preset is a YAML mapping whose keys are the fields of a pydantic model. Unknown keys and
+values of the wrong type are errors that name the file and the key path, e.g.
+``configs/dman/small.yaml: train.lr: Input should be a valid number``. Overrides use the
+command-line form ``train.lr=0.1`` (the value is read as YAML, so ``0.1`` is a float,
+``true`` a bool and ``[a, b]`` a list) or a dict ``{"train.lr": 0.1}``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError", "StrictModel", "EarlyStoppingConfig", "TrainConfig",
+    "load_config", "parse_overrides", "apply_overrides", "save_config",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration file, dict or override is invalid; the message names the source and key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every mmsocial config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EarlyStoppingConfig(StrictModel):
+    metric: Optional[str] = Field(None, description="validation metric to watch; None = no early stopping")
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(10, ge=1, description="validations without gain before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="a gain must exceed this to count")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(32, ge=1, description="per process; the global batch is batch_size * world size")
+    shuffle: bool = True
+    drop_last: bool = False
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["none", "step", "halfway", "cosine"] = "none"
+    step_size: int = Field(10, ge=1, description="epochs between decays of lr_schedule='step'")
+    gamma: float = Field(0.1, gt=0.0, description="decay factor of lr_schedule='step'")
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="max global gradient L2 norm")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch "
+                                  "and each validation")
+    seed: int = 0
+    amp: bool = Field(False, description="mixed precision (autocast + GradScaler); CUDA only")
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+    ddp_find_unused_parameters: bool = Field(False, description="DDP option for models with branches "
+                                              "that some steps do not use")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs optimizer='sgd' and momentum > 0")
+        return self
+
+
+def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"])) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the model's fields)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "train.optimizer=adam"]`` -> ``{"train.lr": 0.1, "train.optimizer": "adam"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=0.1")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str] | None,
+                    source: str = "config") -> dict[str, Any]:
+    """Return a deep copy of ``data`` with dotted-key overrides set (intermediate dicts created)."""
+    out = copy.deepcopy(dict(data))
+    if not overrides:
+        return out
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: override {key}: {'.'.join(parts[:i + 1])} is a "
+                                  f"{type(child).__name__}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(source: str | Path | Mapping[str, Any] | BaseModel, model: type[M],
+                overrides: Mapping[str, Any] | Sequence[str] | None = None) -> M:
+    """Load a YAML file (or dict, or model instance) into ``model``, applying dotted overrides.
+
+    Raises ConfigError whose message names the file and every bad key path.
+    """
+    if isinstance(source, BaseModel):
+        name, data = type(source).__name__, source.model_dump()
+    elif isinstance(source, Mapping):
+        name, data = "<dict>", dict(source)
+    elif isinstance(source, (str, Path)):
+        name, data = str(source), _read_yaml(Path(source))
+    else:
+        raise ConfigError(f"config source must be a YAML path, dict or model, got {type(source).__name__}")
+    data = apply_overrides(data, overrides, name)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        suffix = " (after overrides)" if overrides else ""
+        raise ConfigError(_format_errors(name + suffix, e)) from None
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML that ``load_config`` reads back to an equal model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,136 @@
+"""Checkpoints: one folder per saved step, written atomically, plus an index naming last and best.
+
+    OUT_DIR/checkpoints/step_00001234/model.safetensors   weights (safetensors)
+                                     /config.json         train config + the caller's run config
+                                     /state.pt            optimiser, AMP scaler, RNG, data position,
+                                                          early-stopping state, history
+    OUT_DIR/checkpoints/index.json                       {"last": "step_...", "best": "step_..."}
+
+A folder is written under a temporary name and renamed when complete; index.json is replaced
+atomically after it. A run killed at any moment leaves the previous index valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_index", "write_index", "find_checkpoint",
+           "load_checkpoint", "load_training_state", "prune_checkpoints"]
+
+WEIGHTS, CONFIG, STATE, INDEX = "model.safetensors", "config.json", "state.pt", "index.json"
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint is missing or incomplete; the message names the path."""
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, state: dict[str, Any],
+                    config: dict[str, Any]) -> Path:
+    """Write ``root/step_{step:08d}`` atomically and return it (an existing one is replaced)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
+        torch.save(state, tmp / STATE)
+        for name in (WEIGHTS, CONFIG, STATE):
+            _fsync(tmp / name)
+        if final.exists():
+            old = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_index(root: str | Path) -> dict[str, Optional[str]]:
+    path = Path(root) / INDEX
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint index ({e}); delete it to start over") from None
+
+
+def write_index(root: str | Path, last: Optional[Path], best: Optional[Path]) -> None:
+    root = Path(root)
+    data = {"last": last.name if last else None, "best": best.name if best else None}
+    tmp = root / f".{INDEX}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    _fsync(tmp)
+    tmp.replace(root / INDEX)
+
+
+def prune_checkpoints(root: str | Path, keep: set[str]) -> None:
+    """Delete step folders (and leftovers of interrupted writes) not named in ``keep``."""
+    for p in Path(root).iterdir():
+        if p.is_dir() and (p.name.startswith((".tmp-", ".old-")) or
+                           (p.name.startswith("step_") and p.name not in keep)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """Resolve a run folder, its ``checkpoints`` folder, or a step folder to a step folder."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = Path(path)
+    if path.is_file() and path.name == WEIGHTS:
+        return path.parent
+    if (path / WEIGHTS).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        index = read_index(root)
+        if index:
+            name = index.get(which) or index.get("last")
+            if not name or not (root / name / WEIGHTS).is_file():
+                raise CheckpointError(f"{root / INDEX} names {name!r}, which has no {WEIGHTS}")
+            return root / name
+    raise CheckpointError(f"{path}: no checkpoint here (expected {WEIGHTS}, or checkpoints/{INDEX} "
+                          "from mmsocial.train.trainer.train)")
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, which: str = "best", strict: bool = True,
+                    device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load weights into ``model`` (in place) and return the checkpoint's config.json as a dict.
+
+    ``path`` is a step folder, its model.safetensors, or a run folder (then ``which`` picks
+    the best or last checkpoint; best falls back to last when no metric was tracked).
+    """
+    folder = find_checkpoint(path, which)
+    missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=strict, device=str(device))
+    config_path = folder / CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config["checkpoint"] = str(folder)
+    if not strict:
+        config["missing_keys"], config["unexpected_keys"] = list(missing), list(unexpected)
+    return config
+
+
+def load_training_state(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; this checkpoint holds weights only and cannot be resumed")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,128 @@
+"""A dataset over memory-mapped feature arrays, read lazily one batch at a time.
+
+Nothing is loaded at construction: each batch reads only its rows, in sorted order, converts
+float16 to float32 and hands the rows to the collate function. Corpora whose features exceed
+RAM therefore train by streaming; see docs/training.md and bench/streaming.py.
+
+Rows of a whole file-backed np.memmap (a FeatureSet, or ``np.load(path, mmap_mode="r")``)
+are read with ``pread`` (runs of consecutive rows in one call) on a descriptor advised
+POSIX_FADV_RANDOM, not through page faults on the mapping: a fault on a mapping reads the
+device's whole read-ahead window around it (8 MiB here), which under a memory limit evicts
+the rows before they are copied and thrashes (measured: under 60 posts/s against thousands).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import mmap
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["FeatureDataset"]
+
+
+def _array(a: Any) -> np.ndarray:
+    return a.data if hasattr(a, "data") and hasattr(a, "post_ids") else a  # a FeatureSet
+
+
+class _NpyRows:
+    """Reads rows of a C-ordered array file with pread; the descriptor is opened per process."""
+
+    def __init__(self, path: str, offset: int, dtype: np.dtype, shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.shape = path, offset, dtype, shape
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd, self._pid = None, None
+
+    @classmethod
+    def of(cls, a: Any) -> Optional["_NpyRows"]:
+        """A reader for a whole file-backed np.memmap (not a slice or view of one); else None."""
+        if not isinstance(a, np.memmap) or not isinstance(a.base, mmap.mmap) or not a.filename \
+                or not a.flags.c_contiguous or a.ndim < 1:
+            return None
+        return cls(str(a.filename), int(a.offset), a.dtype, tuple(a.shape))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return self._fd
+
+    def read_sorted(self, rows: np.ndarray) -> np.ndarray:
+        fd = self._descriptor()
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            view = memoryview(flat[start:stop]).cast("B")
+            pos, done = self.offset + int(rows[start]) * self.row_bytes, 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], pos + done)
+                if n == 0:
+                    raise EOFError(f"{self.path}: file ends before row {rows[start]}")
+                done += n
+        return out
+
+
+class FeatureDataset(Dataset):
+    """Item ``i`` = ``{name: arrays[name][rows[name][i]]}`` as tensors (floats as ``float_dtype``).
+
+    arrays: name -> array-like with rows first (np.memmap, np.ndarray, or a
+        mmsocial.features.store.FeatureSet); features and targets alike.
+    rows: which rows make the dataset, one index array for all arrays or one per name
+        (default: every row of equally long arrays).
+    """
+
+    def __init__(self, arrays: Mapping[str, Any], rows: Optional[np.ndarray | Mapping[str, np.ndarray]] = None,
+                 float_dtype: torch.dtype = torch.float32):
+        if not arrays:
+            raise ValueError("FeatureDataset needs at least one array")
+        self.arrays = {name: _array(a) for name, a in arrays.items()}
+        if rows is None:
+            lengths = {name: len(a) for name, a in self.arrays.items()}
+            if len(set(lengths.values())) != 1:
+                raise ValueError(f"arrays have different lengths {lengths}; pass rows=... to align them")
+            rows = np.arange(next(iter(lengths.values())))
+        if not isinstance(rows, Mapping):
+            rows = {name: rows for name in self.arrays}
+        missing = set(self.arrays) - set(rows)
+        if missing:
+            raise ValueError(f"rows given for {sorted(rows)} but not for {sorted(missing)}")
+        self.rows = {name: np.asarray(rows[name], dtype=np.int64) for name in self.arrays}
+        sizes = {name: len(r) for name, r in self.rows.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"row index arrays have different lengths {sizes}")
+        for name, r in self.rows.items():
+            if len(r) and (r.min() < 0 or r.max() >= len(self.arrays[name])):
+                raise IndexError(f"rows of {name!r} go outside its {len(self.arrays[name])} rows")
+        self.float_dtype = float_dtype
+        self._files = {name: _NpyRows.of(a) for name, a in self.arrays.items()}
+        self._len = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _read(self, name: str, indices: np.ndarray) -> torch.Tensor:
+        r = self.rows[name][indices]
+        order = np.argsort(r, kind="stable")
+        file = self._files[name]
+        block = file.read_sorted(r[order]) if file is not None else np.asarray(self.arrays[name][r[order]])
+        out = np.empty_like(block)
+        out[order] = block
+        t = torch.from_numpy(out)
+        return t.to(self.float_dtype) if t.is_floating_point() else t
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {name: self._read(name, np.array([i]))[0] for name in self.arrays}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        idx = np.asarray(indices, dtype=np.int64)
+        cols = {name: self._read(name, idx) for name in self.arrays}
+        return [{name: t[j] for name, t in cols.items()} for j in range(len(idx))]

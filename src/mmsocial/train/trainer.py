@@ -1,0 +1,464 @@
+"""The one training loop every system uses: a function and a result, not a framework.
+
+    result = train(model, dataset, loss_fn, cfg, "runs/dman", evaluate=val_fn)
+
+``loss_fn(model, batch)`` returns a dict holding a scalar tensor "loss" and anything else to
+log. ``evaluate(model)`` returns a dict of floats; ``cfg.early_stopping.metric`` names the one
+that picks the best checkpoint and stops the run after ``patience`` validations without gain.
+
+Exact resume: the epoch's data order is a pure function of (seed, epoch), the position in the
+epoch is saved, the learning rate is a pure function of (step, epoch), and the torch / numpy /
+python RNG states of every rank are saved; evaluation runs under a forked RNG so that it never
+changes the training stream. A run killed and resumed reaches the same parameters bit for bit
+(on CPU; on GPU up to the determinism of the kernels).
+
+Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel: each
+rank takes a disjoint share of every global batch (batch_size per rank), rank 0 evaluates,
+logs and writes checkpoints, and the stop decision is broadcast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
+from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
+                                       save_checkpoint, write_index)
+from mmsocial.train.distributed import (DistInfo, broadcast_object, epoch_batches, gather_objects,
+                                        init_distributed, shutdown_distributed)
+
+__all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device"]
+
+LossFn = Callable[[nn.Module, Any], Mapping[str, Any]]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+SamplerFactory = Callable[[int, int, int], Iterable[Sequence[int]]]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    epochs: float = 0.0
+    metric: Optional[str] = None
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    best_checkpoint: Optional[Path] = None
+    last_checkpoint: Optional[Path] = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s"
+                 f" ({self.examples_per_second:.1f} examples/s)"
+                 + (", stopped early" if self.stopped_early else "")]
+        if self.metric and self.best_metric is not None:
+            lines.append(f"best {self.metric} = {self.best_metric:.6g} at step {self.best_step}")
+        if self.history:
+            last = {k: v for k, v in self.history[-1].items() if isinstance(v, (int, float))}
+            lines.append("last: " + ", ".join(f"{k}={v:.5g}" for k, v in last.items()))
+        lines.append(f"best checkpoint: {self.best_checkpoint}")
+        lines.append(f"last checkpoint: {self.last_checkpoint}")
+        return "\n".join(lines)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def lr_factor(cfg: TrainConfig, step: int, epoch: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate before optimiser step ``step`` (0-based) in ``epoch``."""
+    if cfg.lr_schedule == "none":
+        return 1.0
+    if cfg.lr_schedule == "step":
+        return cfg.gamma ** (epoch // cfg.step_size)
+    if cfg.lr_schedule == "halfway":  # EISR: divided by 10 at half of training
+        return 0.1 if step >= total_steps // 2 else 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def _build_optimizer(cfg: TrainConfig, params: Iterable) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                              weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    return opt
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+@contextlib.contextmanager
+def _preserved_rng(device: torch.device):
+    state = _rng_state(device)
+    try:
+        yield
+    finally:
+        _set_rng_state(state, device)
+
+
+class _CsvLog:
+    """Append-only CSV whose header grows when a new column appears (the file is rewritten)."""
+
+    def __init__(self, path: Path, keep_until_step: Optional[int]):
+        self.path, self.fields, rows = path, [], []
+        if keep_until_step is not None and path.is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, self.fields, restval="")
+            if self.fields:
+                w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = [k for k in row if k not in self.fields]
+        if new:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                old = list(csv.DictReader(f)) if self.fields else []
+            self.fields += new
+            self._rewrite(old)
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, self.fields, restval="").writerow(row)
+
+
+class _Meter:
+    """Running sums of the loss dict, kept as float64 tensors to avoid a device sync per step."""
+
+    def __init__(self, sums: Optional[dict[str, float]] = None, count: int = 0):
+        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in (sums or {}).items()}
+        self.count = count
+
+    def add(self, values: Mapping[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().to("cpu" if v.device.type == "mps" else v.device, torch.float64)
+            self.sums[k] = self.sums[k].to(v.device) + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+
+
+def _loss_entries(out: Any, step: int) -> dict[str, torch.Tensor]:
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise TypeError(f"loss_fn must return a dict with a scalar tensor 'loss' (step {step}); "
+                        f"got {type(out).__name__}{' keys ' + str(list(out)) if isinstance(out, Mapping) else ''}")
+    entries = {}
+    for k, v in out.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"loss_fn output {k!r} must be a scalar, got shape {tuple(v.shape)}")
+            entries[k] = v.reshape(())
+        elif isinstance(v, (int, float)):
+            entries[k] = torch.tensor(float(v))
+    if not isinstance(out["loss"], torch.Tensor) or not out["loss"].requires_grad:
+        raise TypeError("loss_fn output 'loss' must be a tensor that requires grad "
+                        "(is it computed from the model's outputs?)")
+    return entries
+
+
+def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"non-finite training values {bad} around step {step} (epoch {epoch}); "
+                                 "lower train.lr, set train.grad_clip, or check the inputs for NaN")
+
+
+def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConfig | Mapping | str | Path,
+          out_dir: str | Path, evaluate: Optional[EvalFn] = None, collate_fn: Optional[Callable] = None,
+          sampler_factory: Optional[SamplerFactory] = None, resume: bool = True,
+          param_groups: Optional[Sequence[dict]] = None,
+          run_config: Optional[Mapping[str, Any]] = None) -> TrainResult:
+    """Train ``model`` on ``train_data``; see the module docstring and docs/training.md.
+
+    sampler_factory(epoch, rank, world_size) -> this rank's batches of dataset indices, for
+    samplers that must build whole batches (triplets); it must be deterministic in its arguments
+    and give every rank the same number of batches. param_groups: optimiser groups (each may
+    set its own "lr"); default all parameters. run_config: saved in each checkpoint's config.json
+    (e.g. the model's hyper-parameters, to rebuild it later).
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = load_config(cfg, TrainConfig)
+    if cfg.early_stopping.metric and evaluate is None:
+        raise ConfigError(f"early_stopping.metric={cfg.early_stopping.metric!r} needs an evaluate function; "
+                          "pass evaluate=... or set early_stopping.metric to null")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty: nothing to train on")
+    info = init_distributed(cfg.device)
+    try:
+        return _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
+                      sampler_factory, resume, param_groups, dict(run_config or {}), info)
+    finally:
+        shutdown_distributed(info)
+
+
+def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate, collate_fn,
+           sampler_factory, resume, param_groups, run_config, info: DistInfo) -> TrainResult:
+    t0 = time.perf_counter()
+    device, es = info.device, cfg.early_stopping
+    ckpt_root = out_dir / "checkpoints"
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "train_config.yaml")
+    n = len(train_data)
+
+    def batches_for(epoch: int) -> list[list[int]]:
+        if sampler_factory is None:
+            return epoch_batches(n, cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
+                                 cfg.shuffle, cfg.drop_last)
+        batches = [[int(i) for i in b] for b in sampler_factory(epoch, info.rank, info.world_size)]
+        counts = gather_objects(len(batches), info)
+        if not batches or len(set(counts)) > 1:
+            raise ValueError(f"sampler_factory gave {counts} batches per rank in epoch {epoch}; "
+                             "every rank needs the same, non-zero number")
+        return batches
+
+    steps_per_epoch = len(batches_for(0))
+    total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
+
+    random.seed(cfg.seed + info.rank)
+    np.random.seed((cfg.seed + info.rank) % 2**32)
+    torch.manual_seed(cfg.seed + info.rank)
+
+    model.to(device)
+    optimizer = _build_optimizer(cfg, param_groups if param_groups is not None
+                                 else [p for p in model.parameters() if p.requires_grad])
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    step, epoch, pos, examples = 0, 0, 0, 0
+    best, best_step, best_dir, bad_evals, last_eval_step, stopped = None, None, None, 0, -1, False
+    history: list[dict[str, Any]] = []
+    log_meter, eval_meter = _Meter(), _Meter()
+    last_dir: Optional[Path] = None
+    data_key = [cfg.seed, cfg.batch_size, cfg.shuffle, cfg.drop_last, n, sampler_factory is not None]
+
+    index = read_index(ckpt_root) if resume else {}
+    if not resume and info.is_main and (ckpt_root / "index.json").is_file():
+        (ckpt_root / "index.json").unlink()  # a fresh run: the old checkpoints go at its first save
+    resumed_from, resumed_examples = None, 0
+    if index.get("last"):
+        last_dir = ckpt_root / index["last"]
+        state = load_training_state(last_dir)
+        if state["world_size"] != info.world_size or state["data_key"] != data_key:
+            raise ConfigError(
+                f"{last_dir}: cannot resume exactly: it was written with world_size={state['world_size']}, "
+                f"[seed, batch_size, shuffle, drop_last, n, custom sampler]={state['data_key']}; now "
+                f"world_size={info.world_size}, {data_key}. Use resume=False or a new out_dir")
+        from safetensors.torch import load_model
+        load_model(model, str(last_dir / "model.safetensors"), strict=True, device=str(device))
+        optimizer.load_state_dict(state["optimizer"])
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, pos, examples = state["step"], state["epoch"], state["pos"], state["examples"]
+        best, best_step, bad_evals = state["best_metric"], state["best_step"], state["bad_evals"]
+        last_eval_step, stopped, history = state["last_eval_step"], state["stopped_early"], state["history"]
+        best_dir = ckpt_root / index["best"] if index.get("best") else None
+        log_meter, eval_meter = _Meter(**state["log_meter"]), _Meter(**state["eval_meter"])
+        _set_rng_state(state["rng"][info.rank], device)
+        resumed_from, resumed_examples = step, examples
+
+    train_model: nn.Module = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.ddp_find_unused_parameters)
+
+    train_log = history_log = writer = None
+    if info.is_main:
+        train_log = _CsvLog(out_dir / "train_log.csv", resumed_from)
+        history_log = _CsvLog(out_dir / "history.csv", resumed_from)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out_dir / "tensorboard"),
+                                   purge_step=resumed_from + 1 if resumed_from is not None else None)
+
+    def checkpoint(improved: bool) -> None:
+        nonlocal last_dir, best_dir
+        rng = gather_objects(_rng_state(device), info)
+        if not info.is_main:
+            return
+        state = {"step": step, "epoch": epoch, "pos": pos, "examples": examples,
+                 "world_size": info.world_size, "data_key": data_key,
+                 "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng,
+                 "best_metric": best, "best_step": best_step, "bad_evals": bad_evals,
+                 "last_eval_step": last_eval_step, "stopped_early": stopped, "history": history,
+                 "log_meter": log_meter.state(), "eval_meter": eval_meter.state()}
+        config = {"train": cfg.model_dump(mode="json"), "run": run_config, "step": step, "epoch": epoch,
+                  "metric": es.metric, "value": history[-1].get(es.metric) if history and es.metric else None}
+        last_dir = save_checkpoint(ckpt_root, step, model, state, config)
+        if improved:
+            best_dir = last_dir
+        write_index(ckpt_root, last_dir, best_dir)
+        prune_checkpoints(ckpt_root, {p.name for p in (last_dir, best_dir) if p is not None})
+
+    def validate() -> tuple[dict[str, Any], bool]:
+        nonlocal best, best_step, bad_evals, stopped
+        row: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "lr": optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": v for k, v in eval_meter.means().items()})
+        improved = False
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad(), _preserved_rng(device):
+                metrics = evaluate(model)
+            model.train()
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"evaluate must return a dict of floats, got {type(metrics).__name__}")
+            metrics = {k: float(v) for k, v in metrics.items()}
+            if es.metric and es.metric not in metrics:
+                raise KeyError(f"early_stopping.metric={es.metric!r} is not among the evaluate() results "
+                               f"{sorted(metrics)}; fix train.early_stopping.metric")
+            row.update(metrics)
+            if es.metric:
+                value = metrics[es.metric]
+                gain = (value - best if es.mode == "max" else best - value) if best is not None else math.inf
+                if math.isfinite(value) and gain > es.min_delta:
+                    best, best_step, bad_evals, improved = value, step, 0, True
+                else:
+                    bad_evals += 1
+                    stopped = bad_evals >= es.patience
+        history.append(row)
+        history_log.write(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch"):
+                    writer.add_scalar(k if k.startswith("train_") else f"val/{k}", v, step)
+        return row, improved
+
+    pbar = tqdm(total=int(total_steps), initial=step,
+                disable=not (info.is_main and cfg.progress), desc="train", dynamic_ncols=True)
+    model.train()
+    while not stopped and step < total_steps and epoch < cfg.epochs:
+        batches = batches_for(epoch)
+        loader_seed = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
+        loader = DataLoader(train_data, batch_sampler=batches[pos:], collate_fn=collate_fn,
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            generator=loader_seed)
+        for batch_indices_len, batch in zip((len(b) for b in batches[pos:]), loader):
+            batch = move_to_device(batch, device)
+            factor = lr_factor(cfg, step, epoch, int(total_steps))
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                entries = _loss_entries(loss_fn(train_model, batch), step)
+            loss = entries["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            step, pos, examples = step + 1, pos + 1, examples + batch_indices_len * info.world_size
+            log_meter.add(entries)
+            eval_meter.add(entries)
+            pbar.update(1)
+
+            if step % cfg.log_every == 0:
+                means = log_meter.means()
+                _check_finite(means, step, epoch)
+                if info.is_main:
+                    train_log.write({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **means})
+                    pbar.set_postfix(loss=f"{means['loss']:.4g}")
+                    if writer is not None:
+                        for k, v in means.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                log_meter = _Meter()
+
+            end_of_epoch = pos == len(batches)
+            if end_of_epoch:
+                epoch, pos = epoch + 1, 0
+            at_limit = step >= total_steps or epoch >= cfg.epochs
+            do_eval = (cfg.eval_every > 0 and step % cfg.eval_every == 0) or \
+                      (cfg.eval_every == 0 and end_of_epoch) or at_limit
+            improved = False
+            if do_eval and step != last_eval_step:
+                _check_finite(eval_meter.means(), step, epoch)
+                if info.is_main:
+                    _, improved = validate()
+                last_eval_step = step
+                eval_meter = _Meter()
+                stopped = broadcast_object(stopped, info)
+            save = do_eval or at_limit or stopped or (
+                cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
+                cfg.checkpoint_every == 0 and end_of_epoch)
+            if save:
+                checkpoint(improved)
+            if stopped or at_limit:
+                break
+    pbar.close()
+    if writer is not None:
+        writer.close()
+
+    seconds = time.perf_counter() - t0
+    result = TrainResult(
+        out_dir=out_dir, history=history, steps=step, epochs=step / steps_per_epoch, metric=es.metric,
+        best_metric=best, best_step=best_step,
+        best_checkpoint=best_dir if best_dir is not None else last_dir, last_checkpoint=last_dir,
+        stopped_early=stopped, seconds=seconds,
+        examples_per_second=(examples - resumed_examples) / seconds if seconds > 0 else 0.0)
+    return broadcast_object(result, info)
