@@ -157,7 +157,15 @@ def test_extraction_matches_the_model_and_runs_decoding_workers(image_corpus, ti
     with torch.no_grad():
         expected = tiny_net.pooled(images_to_tensor([image_corpus.open_image("p3")], 64))[0].numpy()
     np.testing.assert_allclose(fs.data[3].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
-    assert fs.stats["images"] == 7 and fs.stats["images_per_s"] > 0
+    assert fs.stats["images"] == 7 and fs.stats["images_per_s"] > 0 and not fs.stats["cached"]
+    again = extract_features(image_corpus, "pooled", tiny_net, 64, batch_size=4, workers=0, progress=False)
+    assert again.stats["cached"] and again.stats["images"] == 0
+    torch.manual_seed(1)
+    other = load_backbone("mobilenet_v2", "random")  # other random weights: not the same features
+    with pytest.warns(UserWarning, match="underflow"):
+        redo = extract_features(image_corpus, "pooled", other, 64, batch_size=4, workers=0, progress=False)
+    assert redo.stats["images"] == 7
+    assert redo.manifest["random_parameters"] != fs.manifest["random_parameters"]
 
 
 def test_unreadable_image_stops_naming_the_post_then_resumes(image_corpus, tiny_net, tmp_path):
@@ -168,8 +176,14 @@ def test_unreadable_image_stops_naming_the_post_then_resumes(image_corpus, tiny_
     with pytest.raises(CorpusError, match="post 'p5'.*unreadable"):
         extract_features(image_corpus, "regions", tiny_net, 64, batch_size=2, workers=0, progress=False)
     (image_corpus.root / "images" / "5.jpg").write_bytes(good)
-    fs = extract_features(image_corpus, "regions", tiny_net, 64, batch_size=2, workers=0, progress=False)
-    assert fs.stats["resumed_from"] == 4 and fs.stats["images"] == 3
+    # punch a hole in the progress record: the resumed batch holds rows 1, 4, 5, 6 (two runs)
+    progress = image_corpus.root / "features" / ".regions-mobilenet_v2-64.partial" / "progress.npy"
+    done = np.load(progress)
+    assert done.tolist() == [1, 1, 1, 1, 0, 0, 0]
+    done[1] = 0
+    np.save(progress, done)
+    fs = extract_features(image_corpus, "regions", tiny_net, 64, batch_size=4, workers=0, progress=False)
+    assert fs.stats["resumed_from"] == 3 and fs.stats["images"] == 4
     assert (fs.path / "data.npy").read_bytes() == (reference.path / "data.npy").read_bytes()
 
 

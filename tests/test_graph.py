@@ -174,3 +174,13 @@ def test_sampler_checks_its_arguments():
         TripletSampler(g, 8, rank=2, world_size=2)
     with pytest.raises(ValueError, match="linked nodes"):
         TripletSampler(LinkGraph.from_pairs(3, [], []), 8)
+
+
+def test_link_graph_from_corpus_keeps_only_the_chosen_kinds(tiny_corpus):
+    extra = pd.DataFrame({"src": ["p4", "p0"], "dst": ["p5", "p2"], "kind": ["author", "author"]})
+    c = tiny_corpus.with_links(pd.concat([tiny_corpus.links, extra], ignore_index=True))
+    assert LinkGraph.from_corpus(c, kinds=("author",)).n_edges == 2
+    assert LinkGraph.from_corpus(c, kinds=("label",)).n_edges == 2
+    assert LinkGraph.from_corpus(c, kinds=None).n_edges == 3  # p0-p2 is both kinds
+    train = LinkGraph.from_corpus(c.filter(np.array([True, True, True, True, False, False])), kinds=None)
+    assert train.n == 4 and train.n_edges == 2

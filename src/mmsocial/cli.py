@@ -121,7 +121,8 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
                      objects: int = typer.Option(10, help="objects: boxes per image"),
                      on_error: str = typer.Option("raise", help="undecodable image: raise | zeros "
                                                   "(zeros + valid mask)"),
-                     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)")):
+                     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+                     overwrite: bool = typer.Option(False, help="extract again even if complete features exist")):
     """Extract image features into the feature store (resumes an interrupted run)."""
     from mmsocial.data.corpus import Corpus, CorpusError
     from mmsocial.features.backbones import MissingWeightsError
@@ -132,10 +133,13 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
         c = Corpus.load(corpus)
         fs = extract_features(c, kind, backbone, size, out=out, batch_size=batch_size, workers=workers,
                               weights=weights, boxes=boxes, objects=objects, on_error=on_error,
-                              device=device)
+                              device=device, overwrite=overwrite)
     except (CorpusError, MissingWeightsError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
     s = fs.stats
+    if s["cached"]:
+        typer.echo(f"{fs.path}: complete features with these settings exist already (--overwrite to redo)")
+        return
     typer.echo(f"wrote {fs.path}: {len(fs)} posts x {fs.dims} float16 ({fs.manifest['weights']})")
     resumed = f", resumed after {s['resumed_from']} done" if s["resumed_from"] else ""
     typer.echo(f"throughput: {s['images']} images in {s['seconds']:.1f}s = {s['images_per_s']:.1f} images/s{resumed}")

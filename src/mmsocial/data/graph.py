@@ -27,6 +27,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsocial.data.corpus import Corpus, CorpusError
 
@@ -171,13 +173,13 @@ class LinkGraph:
         dst = np.asarray(dst, dtype=np.int64)
         if len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= n):
             raise ValueError(f"link ends must be row positions in [0, {n})")
+        import scipy.sparse as sp
+
         a, b = np.r_[src, dst], np.r_[dst, src]
-        keys = _sorted_unique(a[a != b] * n + b[a != b])
-        rows, cols = keys // n, keys % n
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum(np.bincount(rows, minlength=n))
-        dtype = np.int32 if n < 2**31 else np.int64
-        return cls(indptr, cols.astype(dtype))
+        loop = a == b
+        adj = sp.csr_matrix((np.ones(int((~loop).sum()), dtype=bool), (a[~loop], b[~loop])), shape=(n, n))
+        adj.sum_duplicates()  # sorts each row and merges repeated links
+        return cls(adj.indptr.astype(np.int64), adj.indices)
 
     @classmethod
     def from_corpus(cls, corpus: Corpus, kinds: Sequence[str] | None = ("label",)) -> "LinkGraph":
@@ -188,9 +190,11 @@ class LinkGraph:
             if not set(kinds) & known and len(links):
                 raise CorpusError(f"{corpus._where()}: no links of kind {list(kinds)} "
                                   f"(links.parquet has {sorted(known)})")
-            links = links[links["kind"].isin(list(kinds))]
-        index = pd.Index(corpus.posts["post_id"])
-        src, dst = index.get_indexer(links["src"]), index.get_indexer(links["dst"])
+            if not known <= set(kinds):
+                links = links[links["kind"].isin(list(kinds))]
+        ids = pa.array(corpus.posts["post_id"], type=pa.string())
+        src, dst = (pc.index_in(pa.array(links[end], type=pa.string()), value_set=ids)
+                    .fill_null(-1).to_numpy() for end in ("src", "dst"))
         bad = (src < 0) | (dst < 0)
         if bad.any():
             r = links[bad].iloc[0]

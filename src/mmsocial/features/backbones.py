@@ -138,6 +138,15 @@ def weights_identity(path: Path | str | None) -> str:
     return f"{path.name}:{h.hexdigest()[:12]}"
 
 
+def parameters_fingerprint(model: nn.Module) -> str:
+    """First 12 hex digits of a sha256 over every parameter and buffer (tells random models apart)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def get_spec(name: "str | Backbone") -> BackboneSpec:
     key = name.value if isinstance(name, Backbone) else str(name)
     if key not in SPECS:

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mmsocial.data.corpus import Corpus, CorpusError
-from mmsocial.features.backbones import FeatureExtractor, image_to_tensor, load_backbone
+from mmsocial.features.backbones import FeatureExtractor, image_to_tensor, load_backbone, parameters_fingerprint
 from mmsocial.features.boxes import OnnxDetector, cam_boxes, grid_boxes, roi_features
-from mmsocial.features.store import FeatureSet, pending_rows, write_features
+from mmsocial.features.store import FeatureSet, is_complete, pending_rows, write_features
 
 KINDS = ("regions", "pooled", "objects")
 BOX_SOURCES = ("cam", "grid")  # or a path to an ONNX detector file
@@ -68,13 +68,15 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
                      size: int = 224, out: "str | Path | None" = None, batch_size: int = 32,
                      workers: int = 2, weights: str = "imagenet", boxes: str = "cam", objects: int = 10,
                      on_error: str = "raise", device: "str | None" = None,
-                     progress: bool = True) -> FeatureSet:
+                     progress: bool = True, overwrite: bool = False) -> FeatureSet:
     """Extract ``kind`` features of every post with an image; resumes an interrupted run.
 
     backbone: a name (see backbones.SPECS) loaded with ``weights`` ("imagenet", "random" or a
     path), or an already loaded FeatureExtractor. boxes (kind "objects"): "cam", "grid" or the
     path of an ONNX detector file; objects: boxes per image (P). device: None picks CUDA when
-    available. The returned FeatureSet has ``stats`` (images, seconds, images_per_s) of this run.
+    available. A complete feature set at ``out`` made with the same settings is returned as it
+    is unless ``overwrite``. The returned FeatureSet has ``stats`` (images, seconds,
+    images_per_s, resumed_from, cached) of this run.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -117,6 +119,13 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
         "corpus": {"name": corpus.name, "version": corpus.meta.get("version"),
                    "fingerprint": corpus_fingerprint(corpus)},
     }
+    if model.weights_id == "random":  # resume and reuse only with these very random weights
+        manifest["random_parameters"] = parameters_fingerprint(model)
+    if not overwrite and is_complete(out, post_ids, dims, manifest, extra_dims):
+        fs = FeatureSet.open(out)
+        fs.stats = {"images": 0, "seconds": 0.0, "images_per_s": float("nan"), "resumed_from": len(fs),
+                    "cached": True}
+        return fs
     todo = pending_rows(out, post_ids, dims, manifest, extra_dims)
     stats = {"images": 0, "seconds": 0.0}
     failures: list[str] = []
@@ -138,14 +147,15 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
                     data, more = _compute(model, images.to(device, non_blocking=True), kind, size,
                                           objects, boxes, detector)
                 if on_error == "zeros":
-                    ok = torch.tensor([not e for e in errors])
+                    ok = np.array([not e for e in errors])
                     data[~ok] = 0
-                    more["valid"] = ok.numpy().astype(np.uint8)
+                    more["valid"] = ok.astype(np.uint8)
                     if "boxes" in more:
-                        more["boxes"][~ok.numpy()] = 0
+                        more["boxes"][~ok] = 0
+                at = 0
                 for s, e in _runs(row_ids.numpy()):
-                    yield s, data[s - int(row_ids[0]):e - int(row_ids[0])], \
-                        {k: v[s - int(row_ids[0]):e - int(row_ids[0])] for k, v in more.items()}
+                    yield s, data[at:at + e - s], {k: v[at:at + e - s] for k, v in more.items()}
+                    at += e - s
                 stats["images"] += len(row_ids)
                 bar.update(len(row_ids))
         finally:
@@ -158,6 +168,7 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
                       f"(valid = 0); first: {failures[0]}")
     stats["images_per_s"] = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
     stats["resumed_from"] = len(post_ids) - len(todo)
+    stats["cached"] = False
     fs.stats = stats
     return fs
 

@@ -135,6 +135,16 @@ def pending_rows(path: "str | os.PathLike", post_ids: list[str], dims, manifest:
     return np.flatnonzero(done == 0)
 
 
+def is_complete(path: "str | os.PathLike", post_ids: list[str], dims, manifest: dict,
+                extra_dims: dict | None = None) -> bool:
+    """True when ``path`` holds a complete feature set written with exactly these arguments."""
+    try:
+        stored = json.loads((Path(path) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return _identity(stored) == _identity(_full_manifest(post_ids, dims, manifest, extra_dims))
+
+
 def _full_manifest(post_ids, dims, manifest, extra_dims) -> dict:
     full = dict(manifest)
     full["dims"] = [int(d) for d in dims]
