@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 

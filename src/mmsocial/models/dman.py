@@ -34,7 +34,7 @@ class DMANConfig:
     similarity: str = "eq1"  # Eq. 1 as printed; "cosine" as an option
     lam: float = 10.0  # λ, Eq. 11
     beta: float = 1.0  # β, Eq. 12
-    bce_word_mean: bool = True  # average Eq. 11 over the L words (Keras convention), see docs
+    bce_word_mean: bool = False  # True: average Eq. 11 over the L words instead of summing (docs)
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = True
