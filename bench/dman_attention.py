@@ -61,7 +61,10 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="runs/bench/dman_attention")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = DMANExperimentConfig(corpus=args.corpus, synthetic={"posts": args.posts}, workdir=args.workdir,
                                preset=args.preset)
@@ -78,7 +81,7 @@ def main():
     acc0, uniform, pairs = pointing(untrained, data, corpus, te, image_size)
     t = time.perf_counter()
     model, _ = train_dman(data, "dman", args.preset, Path(args.workdir) / "dman", args.seed,
-                          {"epochs": args.epochs}, {"progress": True})
+                          {"epochs": args.epochs}, {"progress": False})
     seconds = time.perf_counter() - t
     acc, _, _ = pointing(model, data, corpus, te, image_size)
     print(f"corpus {args.corpus}: {len(te)} test posts, {pairs} (post, object) pairs with the object's "

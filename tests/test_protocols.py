@@ -95,7 +95,7 @@ def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path):
                                model={"epochs": 3, "batch_size": 16},
                                baselines={"n_components": 3, "kcca_features": 50, "dcca_epochs": 5,
                                           "dcca_hidden": [16]},
-                               classifier={"hidden": [16, 16], "epochs": 30, "patience": 5, "batch_size": 16},
+                               classifier={"hidden": [16, 16], "epochs": 30, "patience": 5, "batch_size": 16, "lr": 1e-2},
                                train={"progress": False})
     tables = run_dman_experiment(cfg, data=_toy_dman_data(rng), progress=False)
     t2, t3 = tables

@@ -80,6 +80,8 @@ class DMANExperimentConfig(StrictModel):
         "image", description="Table 2 post embedding of CCA/KCCA/DCCA: the image view's projection "
         "(like DMAN, whose Y = f_w(V) sees the image only) or both projected views concatenated")
     device: str = "cpu"
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is); 1 is "
+                                   "much faster than oversubscribed threads on a busy machine")
 
     @field_validator("rows")
     @classmethod
@@ -273,6 +275,8 @@ def run_dman_experiment(cfg: DMANExperimentConfig, data: Optional[DMANData] = No
 
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if data is None:
         data = prepare_dman_data(load_corpus(cfg), cfg)
     tr, va, te = data.idx("train"), data.idx("val"), data.idx("test")

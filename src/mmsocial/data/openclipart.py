@@ -269,7 +269,7 @@ def downscale_png(job: tuple[str, str, int]) -> tuple[str, str | None]:
     from PIL import Image
 
     src, dst, max_side = job
-    Image.MAX_IMAGE_PIXELS = MAX_PNG_PIXELS
+    pil_cap, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PNG_PIXELS  # restored below
     try:
         with Image.open(src) as im:
             if im.width * im.height > MAX_PNG_PIXELS:
@@ -287,6 +287,8 @@ def downscale_png(job: tuple[str, str, int]) -> tuple[str, str | None]:
         return dst, None
     except Exception as e:  # corrupt or truncated file: reported, not fatal
         return dst, f"{type(e).__name__}: {e}"
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_cap
 
 
 def _downscale_all(jobs: list[tuple[str, str, int]], workers: int) -> dict[str, str]:
