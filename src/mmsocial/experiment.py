@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from mmsocial.config import ConfigError, StrictModel, TrainConfig, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
-from mmsocial.eval.table import ResultTable, ResultTables
+from mmsocial.eval.table import ResultTables
 
 DMAN_ROWS = ("CCA", "KCCA", "DCCA", "DMAN_Triplet", "DMAN_Triplet+Text", "DMAN")
 _VARIANT_OF_ROW = {"DMAN_Triplet": "triplet", "DMAN_Triplet+Text": "triplet_text", "DMAN": "dman"}
