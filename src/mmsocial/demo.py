@@ -1,7 +1,7 @@
 """`mmsocial demo`: the main job, end to end on a synthetic social corpus.
 
-corpus -> summary -> cached features -> each system that exists -> one report (report.md).
-Systems not implemented yet are listed as such, never faked.
+corpus -> summary -> each system that exists (extracting and caching the features it needs)
+-> one report (report.md). Systems not implemented yet are listed as such, never faked.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def run_demo(workdir: Path, posts: int = 2000, seed: int = 0) -> Path:
         typer.secho(f"    {system}: running", bold=True)
         t = time.perf_counter()
         result = fn(corpus_dir, workdir / system.lower())
+        # A system's demo prints its own progress and tables; the report collects them.
         text = result.to_markdown() if hasattr(result, "to_markdown") else str(result)
-        typer.echo(text)
-        report += [f"## {system}", "", text, "", f"({time.perf_counter() - t:.0f} s)", ""]
+        seconds = time.perf_counter() - t
+        typer.echo(f"    {system}: done in {seconds:.0f} s")
+        report += [f"## {system}", "", text, "", f"({seconds:.0f} s)", ""]
 
     report.append(f"Total time: {time.perf_counter() - t0:.0f} s")
     out = workdir / "report.md"
