@@ -88,7 +88,7 @@ def _toy_dman_data(rng, n=160, d=4, m=16):
                     ["a", "b", "c", "d"])
 
 
-def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path):
+def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path, capsys):
     from mmsocial.experiment import DMANExperimentConfig, run_dman_experiment
 
     cfg = DMANExperimentConfig(workdir=str(tmp_path / "run"), preset="tiny", seeds=[0], num_tags=8,
@@ -97,7 +97,8 @@ def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path):
                                           "dcca_hidden": [16]},
                                classifier={"hidden": [16, 16], "epochs": 30, "patience": 5, "batch_size": 16, "lr": 1e-2},
                                train={"progress": False})
-    tables = run_dman_experiment(cfg, data=_toy_dman_data(rng), progress=False)
+    data = _toy_dman_data(rng)
+    tables = run_dman_experiment(cfg, data=data, progress=False)
     t2, t3 = tables
     assert list(t2.rows) == ["CCA", "KCCA", "DCCA", "DMAN_Triplet", "DMAN_Triplet+Text", "DMAN"]
     assert "DMAN_Triplet" not in t3.rows and "DMAN" in t3.rows  # image-only variant has no query
@@ -106,6 +107,15 @@ def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path):
     assert t2.mean("CCA", "Micro-F1") > 0.9
     for name in ("table2.json", "table2.csv", "table2.md", "table3.md", "DMAN-seed0/train_config.yaml"):
         assert (tmp_path / "run" / name).exists(), name
+    # a rerun (e.g. after a kill) keeps every finished (row, seed) cell instead of training it again
+    capsys.readouterr()
+    again = run_dman_experiment(cfg, data=data, progress=False)
+    assert capsys.readouterr().out.count("kept from an earlier run") == 6
+    assert again[0].to_markdown() == t2.to_markdown() and again[1].to_markdown() == t3.to_markdown()
+    # a changed setting invalidates the kept cells
+    cfg.classifier.epochs = 31
+    run_dman_experiment(cfg, data=data, progress=False)
+    assert "kept from an earlier run" not in capsys.readouterr().out
 
 
 def test_experiment_config_errors():

@@ -270,8 +270,7 @@ def _baseline(row: str, cfg: DMANExperimentConfig, seed: int):
 
 def run_dman_experiment(cfg: DMANExperimentConfig, data: Optional[DMANData] = None,
                         progress: bool = True) -> ResultTables:
-    from mmsocial.eval.protocols import (dman_table2, dman_table3, label_queries, multilabel_classification,
-                                         one_hot_queries, tag_query_search)
+    from mmsocial.eval.protocols import dman_table2, dman_table3, label_queries, one_hot_queries
 
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -293,32 +292,30 @@ def run_dman_experiment(cfg: DMANExperimentConfig, data: Optional[DMANData] = No
     X = {s: data.pooled(i) for s, i in (("train", tr), ("val", va), ("test", te))} if need_pooled else {}
     T = {"train": data.tags[tr], "val": data.tags[va], "test": data.tags[te]}
     Lab = {"train": data.labels[tr], "val": data.labels[va], "test": data.labels[te]}
+    fingerprint = _fingerprint(cfg, data)
     log = []
     for seed in cfg.seeds:
         for row in cfg.rows:
             t0 = time.perf_counter()
-            if row in _VARIANT_OF_ROW:
-                model, res = train_dman(data, _VARIANT_OF_ROW[row], cfg.preset, workdir / f"{row}-seed{seed}",
-                                        seed, cfg.model, cfg.train, cfg.max_links, cfg.device, progress)
-                emb = {s: embed(model, _RegionView(data, i)) for s, i in (("train", tr), ("val", va), ("test", te))}
-                q_emb = model.query(torch.from_numpy(q_onehot)).numpy() if model.cfg.uses_text else None
-                img_test = emb["test"]
+            # A finished (row, seed) cell is kept on disk, so a killed experiment resumes where it stopped.
+            cell = workdir / f"{row}-seed{seed}" / "result.json"
+            done = json.loads(cell.read_text()) if cell.is_file() else None
+            if done is None or done.get("fingerprint") != fingerprint:
+                done = {"fingerprint": fingerprint, **_run_cell(row, seed, cfg, data, X, T, Lab, q_onehot,
+                                                                  relevant, len(queries), progress)}
+                cell.parent.mkdir(parents=True, exist_ok=True)
+                cell.with_suffix(".tmp").write_text(json.dumps(done))
+                cell.with_suffix(".tmp").replace(cell)
+                how = "s"
             else:
-                model = _baseline(row, cfg, seed).fit(X["train"], T["train"])
-                emb = {s: (model.transform(X[s], T[s]) if cfg.baseline_embedding == "both"
-                           else model.transform_x(X[s])) if len(X[s]) else None for s in X}
-                q_emb, img_test = model.transform_y(q_onehot) if len(queries) else None, model.transform_x(X["test"])
-            c = cfg.classifier
-            if "table2" in cfg.tables:
-                t2.add(row, multilabel_classification(
-                    emb["train"], Lab["train"], emb["test"], Lab["test"],
-                    emb["val"] if len(va) else None, Lab["val"] if len(va) else None, seed=seed,
-                    hidden=tuple(c.hidden), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience, dropout=c.dropout), seed)
-            if "table3" in cfg.tables and q_emb is not None and len(queries):
-                t3.add(row, tag_query_search(q_emb, img_test, relevant), seed)
+                how = "s (result kept from an earlier run)"
+            if done.get("table2") is not None:
+                t2.add(row, done["table2"], seed)
+            if done.get("table3") is not None:
+                t3.add(row, done["table3"], seed)
             seconds = time.perf_counter() - t0
             log.append({"row": row, "seed": seed, "seconds": round(seconds, 1)})
-            typer.echo(f"  {row} seed {seed}: {seconds:.0f} s")
+            typer.echo(f"  {row} seed {seed}: {seconds:.0f} {how}")
     tables = [t for t, name in ((t2, "table2"), (t3, "table3")) if name in cfg.tables]
     for t, name in zip(tables, [n for n in ("table2", "table3") if n in cfg.tables]):
         for ext in ("json", "csv", "md"):
@@ -326,6 +323,47 @@ def run_dman_experiment(cfg: DMANExperimentConfig, data: Optional[DMANData] = No
         typer.echo(t.to_markdown() + "\n")
     (workdir / "timings.json").write_text(json.dumps(log, indent=1))
     return ResultTables(tables)
+
+
+def _fingerprint(cfg: DMANExperimentConfig, data: DMANData) -> str:
+    import hashlib
+
+    settings = cfg.model_dump(exclude={"seeds", "rows", "name", "workdir", "threads"})
+    key = json.dumps([settings, data.post_ids, data.tag_vocabulary, data.label_vocabulary], default=str)
+    h = hashlib.sha256(key.encode())
+    h.update(np.ascontiguousarray(data.region_block(np.arange(min(4, len(data.post_ids))))).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_cell(row: str, seed: int, cfg: DMANExperimentConfig, data: DMANData, X, T, Lab, q_onehot,
+              relevant, n_queries: int, progress: bool) -> dict:
+    """Train (or fit) one row of the tables with one seed; returns its Table 2 and Table 3 metrics."""
+    from mmsocial.eval.protocols import multilabel_classification, tag_query_search
+
+    tr, va, te = data.idx("train"), data.idx("val"), data.idx("test")
+    workdir = Path(cfg.workdir)
+    if row in _VARIANT_OF_ROW:
+        model, _ = train_dman(data, _VARIANT_OF_ROW[row], cfg.preset, workdir / f"{row}-seed{seed}",
+                              seed, cfg.model, cfg.train, cfg.max_links, cfg.device, progress)
+        emb = {s: embed(model, _RegionView(data, i)) for s, i in (("train", tr), ("val", va), ("test", te))}
+        q_emb = model.query(torch.from_numpy(q_onehot)).numpy() if model.cfg.uses_text else None
+        img_test = emb["test"]
+    else:
+        model = _baseline(row, cfg, seed).fit(X["train"], T["train"])
+        emb = {s: (model.transform(X[s], T[s]) if cfg.baseline_embedding == "both"
+                   else model.transform_x(X[s])) if len(X[s]) else None for s in X}
+        q_emb, img_test = model.transform_y(q_onehot) if n_queries else None, model.transform_x(X["test"])
+    out = {"table2": None, "table3": None}
+    c = cfg.classifier
+    if "table2" in cfg.tables:
+        out["table2"] = multilabel_classification(
+            emb["train"], Lab["train"], emb["test"], Lab["test"],
+            emb["val"] if len(va) else None, Lab["val"] if len(va) else None, seed=seed,
+            hidden=tuple(c.hidden), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
+            dropout=c.dropout)
+    if "table3" in cfg.tables and q_emb is not None and n_queries:
+        out["table3"] = tag_query_search(q_emb, img_test, relevant)
+    return {k: ({m: float(x) for m, x in v.items()} if v is not None else None) for k, v in out.items()}
 
 
 class _RegionView:
