@@ -59,12 +59,10 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
     for c in POST_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    df["post_id"] = pd.Series([str(v) for v in df["post_id"]], dtype=object, index=df.index)
-    for c in ("user_id", "image", "text", "split"):
-        df[c] = pd.Series([_str_or_none(v) for v in df[c]], dtype=object, index=df.index)
+    for c in ("post_id", "user_id", "image", "text", "split"):
+        df[c] = _str_or_none(df[c])
     # An empty or whitespace-only text is a missing text, recorded as such.
-    df["text"] = pd.Series([t if t is not None and t.strip() else None for t in df["text"]],
-                           dtype=object, index=df.index)
+    df["text"] = df["text"].where(df["text"].str.strip().astype(bool) | df["text"].isna(), None)
     for c in ("tags", "labels"):
         df[c] = df[c].map(_as_str_list)
     df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype("float64")
@@ -74,10 +72,19 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
     return df[ordered].reset_index(drop=True)
 
 
-def _str_or_none(v) -> str | None:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return None
-    return str(v)
+def _isin(column: pd.Series, values) -> pd.Series:
+    """``column.isin(values)`` through Arrow (pandas' own loops in Python over Arrow-backed strings)."""
+    import pyarrow.compute as pc
+
+    hit = pc.is_in(pa.array(column.astype(object), type=pa.string(), from_pandas=True),
+                   value_set=pa.array(np.asarray(values, dtype=object), type=pa.string()))
+    return pd.Series(hit.fill_null(False).to_numpy(zero_copy_only=False), index=column.index)
+
+
+def _str_or_none(column: pd.Series) -> pd.Series:
+    """Strings as Python objects, missing values as None (whatever dtype pandas chose on reading)."""
+    values = column.astype("string").to_numpy(dtype=object, na_value=None)
+    return pd.Series(values, dtype=object, index=column.index)
 
 
 def _as_str_list(v) -> list[str]:
@@ -204,16 +211,16 @@ class Corpus:
             i = int(np.flatnonzero(bad_split.to_numpy())[0])
             raise CorpusError(f"{where}: post {p['post_id'].iloc[i]!r}: field 'split' is "
                               f"{p['split'].iloc[i]!r}, expected one of {SPLITS}")
-        ids = set(p["post_id"])
+        ids = p["post_id"].to_numpy()
         for end in ("src", "dst"):
-            unknown = ~self.links[end].isin(ids)
+            unknown = ~_isin(self.links[end], ids)
             if unknown.any():
                 r = self.links[unknown].iloc[0]
                 raise CorpusError(f"{where}: link {r['src']!r} -> {r['dst']!r} ({r['kind']}) "
                                   f"points to unknown post {r[end]!r} (field {end!r} of links.parquet)")
-        known_users = set(self.users["user_id"])
-        if known_users:
-            unknown = p["user_id"].notna() & ~p["user_id"].isin(known_users)
+        known_users = self.users["user_id"].to_numpy()
+        if len(known_users):
+            unknown = p["user_id"].notna() & ~_isin(p["user_id"], known_users)
             if unknown.any():
                 r = p[unknown].iloc[0]
                 raise CorpusError(f"{where}: post {r['post_id']!r}: unknown user {r['user_id']!r} "
