@@ -1,8 +1,12 @@
 """`mmsocial demo`, the main job, end to end on a small synthetic corpus (real MobileNetV2 weights)."""
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from mmsocial.cli import app
+
+TINY = str(Path(__file__).parents[1] / "configs" / "dman" / "tiny.yaml")
 
 
 def test_demo_runs_end_to_end_and_reports_every_system(tmp_path):
@@ -16,3 +20,18 @@ def test_demo_runs_end_to_end_and_reports_every_system(tmp_path):
     for system in ("DU2MCE", "EISR", "BSSAN", "UHAN"):
         assert f"## {system}\n\nnot implemented yet" in report
     assert (tmp_path / "corpus" / "posts.parquet").is_file()
+
+
+def test_train_and_experiment_commands_name_bad_settings(tmp_path):
+    runner = CliRunner()
+    bad_key = runner.invoke(app, ["train", "dman", "--config", TINY,
+                                  "--corpus", str(tmp_path), "--set", "model.epochz=3"])
+    assert bad_key.exit_code == 2 and "epochz" in bad_key.output
+    no_corpus = runner.invoke(app, ["train", "dman", "--config", TINY,
+                                    "--corpus", str(tmp_path / "missing")])
+    assert no_corpus.exit_code == 2 and "missing" in no_corpus.output and "posts.parquet" in no_corpus.output
+    assert not (tmp_path / "missing").exists()  # a corpus named on the command line is never generated
+    bad_type = runner.invoke(app, ["experiment", TINY, "--set", "seeds=many"])
+    assert bad_type.exit_code == 2 and "seeds" in bad_type.output
+    unknown = runner.invoke(app, ["train", "uhan", "--config", TINY])
+    assert unknown.exit_code == 2 and "no trainer for system 'uhan'" in unknown.output

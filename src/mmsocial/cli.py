@@ -167,7 +167,7 @@ def train_cmd(system: str = typer.Argument(..., help=f"one of {', '.join(SYSTEMS
     module, name = TRAINERS[system]
     try:
         run_dir = getattr(importlib.import_module(module), name)(config, corpus, out, override)
-    except (ConfigError, CorpusError) as e:
+    except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"trained {system}: {run_dir}")
 
@@ -182,7 +182,7 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
 
     try:
         run_experiment(config, override)
-    except (ConfigError, CorpusError) as e:
+    except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
 
 

@@ -132,6 +132,8 @@ def load_corpus(cfg: DMANExperimentConfig) -> Corpus:
     from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
 
     out = Path(cfg.corpus or Path(cfg.workdir) / "corpus")
+    typer.echo(f"no corpus at {out}: building the synthetic corpus the config describes "
+               f"({cfg.synthetic.posts} posts, seed {cfg.synthetic.seed}) there")
     return make_synthetic_corpus(SyntheticConfig(posts=cfg.synthetic.posts, seed=cfg.synthetic.seed), out)
 
 
@@ -417,9 +419,14 @@ def train_dman_command(config, corpus=None, out=None, overrides=None, variant: s
 
     ov = {**extra, **(parse_overrides(list(overrides)) if overrides and not isinstance(overrides, Mapping)
                       else dict(overrides or {}))}
+    if corpus is not None:
+        ov["synthetic"] = None  # a corpus named on the command line is used as it is, never generated
     cfg = load_config(config, DMANExperimentConfig, ov)
     model_overrides = dict(cfg.model)
     variant = variant or model_overrides.pop("variant", "dman")
+    from mmsocial.models.dman import dman_config
+
+    dman_config(cfg.preset, variant, **model_overrides)  # a bad model setting fails before any extraction
     data = prepare_dman_data(load_corpus(cfg), cfg)
     run_dir = Path(cfg.workdir)
     model, result = train_dman(data, variant, cfg.preset, run_dir, cfg.seeds[0] if cfg.seeds else 0,
