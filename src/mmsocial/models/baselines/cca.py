@@ -88,18 +88,18 @@ class CCA:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(X, Y) first")
 
     def transform_x(self, X) -> np.ndarray:
-        self._check_fitted()
-        X = _as_2d(X, "X")
-        if X.shape[1] != len(self.mean_x_):
-            raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {len(self.mean_x_)}")
-        return (X - self.mean_x_) @ self.x_weights_
+        return self._project(X, "x")
 
     def transform_y(self, Y) -> np.ndarray:
+        return self._project(Y, "y")
+
+    def _project(self, V, view: str) -> np.ndarray:
         self._check_fitted()
-        Y = _as_2d(Y, "Y")
-        if Y.shape[1] != len(self.mean_y_):
-            raise ValueError(f"Y has {Y.shape[1]} features, the model was fitted on {len(self.mean_y_)}")
-        return (Y - self.mean_y_) @ self.y_weights_
+        V = _as_2d(V, view.upper())
+        mean, weights = getattr(self, f"mean_{view}_"), getattr(self, f"{view}_weights_")
+        if V.shape[1] != len(mean):
+            raise ValueError(f"{view.upper()} has {V.shape[1]} features, the model was fitted on {len(mean)}")
+        return (V - mean) @ weights
 
     def transform(self, X, Y) -> np.ndarray:
         """Post embedding from both views: [transform_x(X), transform_y(Y)]."""
@@ -148,13 +148,10 @@ class KCCA(CCA):
         super().fit(self.map_x_.transform(X), self.map_y_.transform(Y))
         return self
 
-    def transform_x(self, X) -> np.ndarray:
+    def _project(self, V, view: str) -> np.ndarray:
         self._check_fitted()
-        return super().transform_x(self.map_x_.transform(_as_2d(X, "X")))
-
-    def transform_y(self, Y) -> np.ndarray:
-        self._check_fitted()
-        return super().transform_y(self.map_y_.transform(_as_2d(Y, "Y")))
+        kernel_map = getattr(self, f"map_{view}_")
+        return super()._project(kernel_map.transform(_as_2d(V, view.upper())), view)
 
 
 def _safe_std(A: np.ndarray) -> np.ndarray:
