@@ -110,3 +110,17 @@ def test_chronological_split_trains_on_the_past(tiny_corpus):
     tiny_corpus.posts.loc[0, "timestamp"] = np.nan
     with pytest.raises(CorpusError, match="p0.*timestamp"):
         chronological_split(tiny_corpus)
+
+
+def test_saving_a_derived_corpus_leaves_the_parent_vocabulary_alone(tmp_path):
+    parent = Corpus(make_posts([{"post_id": "a", "tags": ["cat"]}, {"post_id": "b", "tags": ["tree", "cat"]}]),
+                    meta={"vocabularies": {}})
+    cats = parent.filter(parent.posts["post_id"] == "a")
+    cats.save(tmp_path / "cats")
+    assert Corpus.load(tmp_path / "cats").tag_vocabulary() == ["cat"]
+    assert parent.meta["vocabularies"] == {} and parent.tag_vocabulary() == ["cat", "tree"]
+
+
+def test_a_number_field_that_is_not_a_number_is_named():
+    with pytest.raises(CorpusError, match=r"'b'.*'views'.*'lots'"):
+        make_posts([{"post_id": "a", "views": 3, "days": 1}, {"post_id": "b", "views": "lots", "days": 1}])

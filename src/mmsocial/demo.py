@@ -31,7 +31,9 @@ def _find_demo(module: str, name: str):
         if e.name == module or module.startswith(str(e.name) + "."):
             return None  # the system's module does not exist yet
         raise
-    return getattr(mod, name, None)
+    if not hasattr(mod, name):
+        raise AttributeError(f"{module} exists but has no demo function {name!r} (see SYSTEM_DEMOS in {__name__})")
+    return getattr(mod, name)
 
 
 def run_demo(workdir: Path, posts: int = 2000, seed: int = 0) -> Path:

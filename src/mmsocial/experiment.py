@@ -386,7 +386,7 @@ def run_experiment(config, overrides=None, progress: bool = True) -> ResultTable
     raw = load_config(config, _SystemOnly, None).system if not isinstance(config, StrictModel) else config.system
     if raw != "dman":
         raise ConfigError(f"{config}: system {raw!r} has no experiment runner yet (known: dman)")
-    cfg = config if isinstance(config, DMANExperimentConfig) else load_config(config, DMANExperimentConfig, overrides)
+    cfg = load_config(config, DMANExperimentConfig, overrides)
     return run_dman_experiment(cfg, progress=progress)
 
 

@@ -16,6 +16,7 @@ nothing is ever filled in silently. Extra columns (e.g. the synthetic generator'
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -44,10 +45,6 @@ class CorpusError(ValueError):
     """A corpus is malformed; the message names the file, post and field at fault."""
 
 
-def _empty_posts() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in POST_COLUMNS})
-
-
 def make_posts(records: Iterable[dict]) -> pd.DataFrame:
     """Build a posts table from dicts, filling absent columns with nulls and normalising types."""
     df = pd.DataFrame.from_records(list(records))
@@ -65,11 +62,21 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
     df["text"] = df["text"].where(df["text"].str.strip().astype(bool) | df["text"].isna(), None)
     for c in ("tags", "labels"):
         df[c] = df[c].map(_as_str_list)
-    df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype("float64")
-    for c in ("views", "days"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("timestamp", "views", "days"):
+        df[c] = _numbers(df, c)
     ordered = POST_COLUMNS + [c for c in df.columns if c not in POST_COLUMNS]
     return df[ordered].reset_index(drop=True)
+
+
+def _numbers(df: pd.DataFrame, column: str) -> pd.Series:
+    """A float column; a value that is present but not a number is an error naming the post."""
+    values = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CorpusError(f"post {df['post_id'].iloc[i]!r}: field {column!r} is {df[column].iloc[i]!r}, "
+                          f"not a number")
+    return values
 
 
 def _isin(column: pd.Series, values) -> pd.Series:
@@ -114,7 +121,7 @@ class Corpus:
         if self.links is None or len(self.links.columns) == 0:
             self.links = pd.DataFrame(columns=LINK_COLUMNS)
         self.links = self.links.astype({"src": str, "dst": str, "kind": str}).reset_index(drop=True)
-        self.meta = dict(self.meta)
+        self.meta = copy.deepcopy(dict(self.meta))  # derived corpora never share nested vocabularies
         self._index: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ basics
@@ -171,7 +178,7 @@ class Corpus:
         try:
             with Image.open(path) as im:
                 im.draft("RGB", (1024, 1024))  # JPEG: decode at reduced size when the file is huge
-                return _to_rgb(im)
+                return to_rgb(im)
         except FileNotFoundError:
             raise CorpusError(f"{self._where()}: post {post_id!r}: image file {path} does not exist") from None
         except Exception as e:  # PIL raises many types for corrupt files
@@ -298,7 +305,7 @@ class Corpus:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ disk
-    def save(self, path: str | os.PathLike, copy_images_from: Path | None = None) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write the tables atomically: into a temporary folder beside ``path``, then rename.
 
         Image files already under ``path`` (e.g. written there by a reader) are kept.
@@ -368,7 +375,7 @@ def _by_frequency(lists: pd.Series) -> list[str]:
     return sorted(counts, key=lambda t: (-counts[t], t))
 
 
-def _to_rgb(im):
+def to_rgb(im):
     """RGB copy of a PIL image; transparency is composed onto white (clip art is mostly RGBA)."""
     from PIL import Image
 

@@ -261,8 +261,10 @@ def images_to_tensor(images: Sequence, size: int | tuple[int, int]) -> torch.Ten
 def image_to_tensor(image, size: int | tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
+    from mmsocial.data.corpus import to_rgb
+
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    im = image.convert("RGB") if image.mode != "RGB" else image
+    im = to_rgb(image) if image.mode != "RGB" else image  # transparency onto white, as Corpus.open_image
     if im.size != (hw[1], hw[0]):
         im = im.resize((hw[1], hw[0]), Image.BILINEAR, reducing_gap=2.0)
     arr = np.asarray(im, dtype=np.uint8).copy()

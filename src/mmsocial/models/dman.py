@@ -185,6 +185,6 @@ class DMANLoss(nn.Module):
 
 
 def _check_regions(regions: Tensor, cfg: DMANConfig) -> None:
-    if regions.dim() != 3 or regions.shape[2] != cfg.region_dim:
-        raise ValueError(f"DMAN expects region grids (B, D, {cfg.region_dim}), got {tuple(regions.shape)}; "
-                         f"set region_dim to the feature store's channel count")
+    if regions.dim() != 3 or regions.shape[1:] != (cfg.num_regions, cfg.region_dim):
+        raise ValueError(f"DMAN expects region grids (B, {cfg.num_regions}, {cfg.region_dim}), got "
+                         f"{tuple(regions.shape)}; set num_regions and region_dim to the feature store's grid")

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
 from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
                                        save_checkpoint, write_index)
-from mmsocial.train.distributed import (DistInfo, broadcast_object, epoch_batches, gather_objects,
-                                        init_distributed, shutdown_distributed)
+from mmsocial.train.distributed import (DistInfo, barrier, broadcast_object, epoch_batches,
+                                        gather_objects, init_distributed, shutdown_distributed)
 
 __all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device"]
 
@@ -240,8 +240,10 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
         raise ValueError("train_data is empty: nothing to train on")
     info = init_distributed(cfg.device)
     try:
-        return _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
-                      sampler_factory, resume, param_groups, dict(run_config or {}), info)
+        result = _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
+                        sampler_factory, resume, param_groups, dict(run_config or {}), info)
+        barrier(info)  # no rank tears gloo down while another still has a collective in flight
+        return result
     finally:
         shutdown_distributed(info)
 
