@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
-    "ConfigError", "StrictModel", "EarlyStoppingConfig", "TrainConfig",
+    "ConfigError", "StrictModel", "SyntheticSpec", "ExperimentConfig", "EarlyStoppingConfig", "TrainConfig",
     "load_config", "parse_overrides", "apply_overrides", "save_config",
 ]
 
@@ -76,6 +76,29 @@ class TrainConfig(StrictModel):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ValueError("nesterov needs optimizer='sgd' and momentum > 0")
         return self
+
+
+class SyntheticSpec(StrictModel):
+    """A synthetic corpus to build when the config's corpus folder does not exist yet."""
+
+    posts: int = Field(2000, ge=10)
+    seed: int = 0
+
+
+class ExperimentConfig(StrictModel):
+    """Settings every system's experiment shares; each system's ``Config`` subclasses this, pins
+    ``system`` to its name, validates ``rows``/``tables`` against its own and adds typed settings."""
+
+    system: str
+    name: str = "experiment"
+    corpus: Optional[str] = Field(None, description="corpus folder; built from `synthetic` when absent")
+    synthetic: Optional[SyntheticSpec] = None
+    workdir: str = "runs/experiment"
+    seeds: list[int] = [0, 1, 2]
+    rows: list[str] = Field(default_factory=list, description="table rows to run; empty = every row")
+    tables: list[str] = Field(default_factory=list, description="paper tables to fill; empty = every table")
+    device: str = "cpu"
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is)")
 
 
 def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:

@@ -1,0 +1,96 @@
+"""Systems: one module per paper, and the registry that cli.py, demo.py and experiment.py loop over.
+
+Adding a system = one model file (``models/<name>.py``), one module here, one line in ``REGISTRY``.
+
+Every system module has the same small shape (``systems/dman.py`` is the reference)::
+
+    NAME = "dman"                      # registry key, `mmsocial train NAME`, the config's `system:`
+    TITLE = "DMAN"                     # how tables, logs and the demo report name it
+    PAPER = "dman-social-image-embedding.md"
+    ROWS: tuple[str, ...]              # every row its tables can hold: baselines, variants, the system
+    TABLES: tuple[str, ...]            # its paper tables, e.g. ("table2", "table3")
+
+    class Config(ExperimentConfig):    # typed pydantic settings (model settings typed too, no dict[str, Any]);
+        system: Literal["dman"] = "dman"   # `rows` validated against ROWS, `tables` against TABLES;
+        ...                            # `selection` names the validation metric that picks checkpoints
+
+    def prepare(corpus: Corpus, cfg: Config) -> Data
+        # split, vocabularies, features (extracted and cached if missing). ``Data`` is the system's own
+        # dataclass; it has ``fingerprint() -> str`` (what a finished cell was computed from) and
+        # ``describe() -> str`` (one log line: split sizes, vocabulary sizes, feature shapes).
+    def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]
+        # the empty tables of cfg.tables, titled and with the paper's metric columns
+    def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cell
+        # train (or fit) one row with one seed under ``workdir`` and evaluate it on the test split
+    def train(cfg: Config) -> Path
+        # `mmsocial train NAME`: one model on cfg.corpus, saved (checkpoints, vocabularies) in cfg.workdir
+    def demo(corpus_dir: Path, workdir: Path) -> ExperimentResult
+        # its part of `mmsocial demo`: the main row and its strongest baseline, <= 2 min on this CPU
+        # with cached features
+
+    # optional:
+    def add_commands(groups: dict[str, typer.Typer]) -> None
+        # extra CLI commands of the system under the groups "viz", "predict" (e.g. `viz attention`)
+
+Library code in a system reports through ``logging`` (``log = logging.getLogger(__name__)``); only
+cli.py and demo.py print.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Optional
+
+# name -> module; adding a system is one line here
+REGISTRY: dict[str, str] = {
+    "dman": "mmsocial.systems.dman",
+}
+
+
+@dataclass
+class Cell:
+    """What one (row, seed) cell of an experiment produced.
+
+    ``metrics``: table name -> metric -> value, for each table the row appears in (a row absent
+    from a table simply has no entry). ``history``: one record per validation of a trained row
+    (keys ``epoch``, ``train_loss``, ``val_loss`` and any ``val_<metric>``), empty for rows that
+    fit in closed form. ``selection``: how the kept checkpoint was chosen, e.g. ``{"metric":
+    "val_loss", "mode": "min", "best_epoch": 3, "last_epoch": 15}``. ``diagnostics``: numbers the
+    runner's health flags read (``embedding_variance``, ``positive_rate`` of a classifier, ...).
+    """
+
+    metrics: dict[str, dict[str, float]]
+    history: list[dict[str, float]] = field(default_factory=list)
+    selection: Optional[dict[str, Any]] = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "history": self.history, "selection": self.selection,
+                "diagnostics": self.diagnostics}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Cell":
+        return cls(d["metrics"], d.get("history", []), d.get("selection"), d.get("diagnostics", {}))
+
+
+class UnknownSystemError(ValueError):
+    pass
+
+
+def names() -> list[str]:
+    """Registered system names, in registry order."""
+    return list(REGISTRY)
+
+
+def get(name: str) -> ModuleType:
+    """The system module registered as ``name`` (case-insensitive)."""
+    key = str(name).lower()
+    if key not in REGISTRY:
+        raise UnknownSystemError(f"unknown system {name!r}; registered: {', '.join(REGISTRY)}")
+    return importlib.import_module(REGISTRY[key])
+
+
+def all_systems() -> list[ModuleType]:
+    return [get(n) for n in REGISTRY]
