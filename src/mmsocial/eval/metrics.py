@@ -2,7 +2,9 @@
 
 Retrieval metrics take either a dense score matrix ``scores`` of shape (Q, N) (higher = better),
 or query/gallery embeddings plus a ``similarity`` ('dot', 'cosine', 'euclidean' = negative
-Euclidean distance). Either way the work runs over blocks of ``chunk_size`` query rows, so a
+Euclidean distance; 'euclidean_exact' = the same from the coordinate differences, without the
+|q|² + |g|² − 2 q·g expansion that cancels catastrophically between near-identical vectors such as
+saturated softmax outputs (EISR); cost O(rows × N × dim) memory per block). Either way the work runs over blocks of ``chunk_size`` query rows, so a
 score matrix over 50k x 50k items is never built at once when embeddings are given.
 
 Tie rule (every ranking metric): items with equal scores are ranked by gallery index, lowest
@@ -21,9 +23,9 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
-Similarity = Literal["dot", "cosine", "euclidean"]
+Similarity = Literal["dot", "cosine", "euclidean", "euclidean_exact"]
 Ties = Literal["stable", "average", "threshold"]
-SIMILARITIES = ("dot", "cosine", "euclidean")
+SIMILARITIES = ("dot", "cosine", "euclidean", "euclidean_exact")
 TIES = ("stable", "average", "threshold")
 K_DENOMINATORS = ("retrieved", "relevant", "min")
 DEFAULT_CHUNK_SIZE = 512
@@ -105,6 +107,13 @@ def _prepare_embeddings(query, gallery, similarity: str):
 
 
 def _similarity_block(q, g, similarity: str, extra, start: int, stop: int) -> np.ndarray:
+    if similarity == "euclidean_exact":
+        out = np.empty((stop - start, g.shape[0]), dtype=q.dtype)
+        step = max(1, (1 << 22) // max(1, (stop - start) * q.shape[1]))  # ~32 MB of differences at a time
+        for a in range(0, g.shape[0], step):
+            diff = q[start:stop, None, :] - g[None, a:a + step, :]
+            out[:, a:a + step] = -np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        return out
     block = q[start:stop] @ g.T
     if similarity == "euclidean":
         q_sq, g_sq = extra

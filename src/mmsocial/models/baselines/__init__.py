@@ -1,5 +1,6 @@
 """Baselines shared by several systems' tables."""
 
-from mmsocial.models.baselines.cca import CCA, DCCA, KCCA, cca_correlation
+from mmsocial.models.baselines.cca import CCA, DCCA, KCCA, MultiViewCCA, cca_correlation
+from mmsocial.models.baselines.semantic_matching import DeepSemanticMatching, SemanticMatching
 
-__all__ = ["CCA", "KCCA", "DCCA", "cca_correlation"]
+__all__ = ["CCA", "KCCA", "DCCA", "MultiViewCCA", "cca_correlation", "SemanticMatching", "DeepSemanticMatching"]

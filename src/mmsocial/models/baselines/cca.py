@@ -264,3 +264,59 @@ class DCCA:
     def fit_transform(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
         self.fit(X, Y)
         return self.transform_x(X), self.transform_y(Y)
+
+
+class MultiViewCCA:
+    """Multi-view CCA (Gong et al. 2014, IJCV), e.g. the three-view CCA of image, text and label views.
+
+    Solves S w = λ D w, where S is the covariance of all views stacked side by side and D its
+    block diagonal (each Σ_ii + ridge); view i's embedding is (x − μ_i) W_i diag(λ)^power
+    (Gong et al. scale the projections by the eigenvalues to the power 4). Retrieval between two
+    views compares their embeddings (Gong et al.: normalised correlation).
+    """
+
+    def __init__(self, n_components: int = 10, reg: float = 1e-3, power: float = 4.0):
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        if reg < 0:
+            raise ValueError(f"reg must be >= 0, got {reg}")
+        self.n_components, self.reg, self.power = n_components, reg, power
+
+    def fit(self, *views) -> "MultiViewCCA":
+        if len(views) < 2:
+            raise ValueError(f"multi-view CCA needs at least 2 views, got {len(views)}")
+        views = [_as_2d(v, f"view {i}") for i, v in enumerate(views)]
+        n = len(views[0])
+        if any(len(v) != n for v in views):
+            raise ValueError(f"every view needs one row per item; got {[len(v) for v in views]} rows")
+        if n < 3:
+            raise ValueError(f"multi-view CCA needs at least 3 items, got {n}")
+        total = sum(v.shape[1] for v in views)
+        if self.n_components > total:
+            raise ValueError(f"n_components={self.n_components} exceeds the views' total dimension {total}")
+        self.means_ = [v.mean(0) for v in views]
+        Z = np.hstack([v - m for v, m in zip(views, self.means_)])
+        S = Z.T @ Z / (n - 1)
+        bounds = np.cumsum([0] + [v.shape[1] for v in views])
+        whiten = np.zeros_like(S)  # D^{-1/2}, block diagonal
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            whiten[a:b, a:b] = _inv_sqrt(S[a:b, a:b], self.reg)
+        e, V = np.linalg.eigh(whiten @ S @ whiten)
+        top = np.argsort(-e)[:self.n_components]
+        W = whiten @ V[:, top]
+        self.eigenvalues_ = e[top]
+        scale = np.clip(self.eigenvalues_, 0, None) ** self.power
+        self.weights_ = [W[a:b] * scale for a, b in zip(bounds[:-1], bounds[1:])]
+        return self
+
+    def transform(self, view: int, X) -> np.ndarray:
+        """Embedding of the items X given in view number ``view`` (0-based, the order of fit)."""
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("MultiViewCCA is not fitted; call fit(view0, view1, ...) first")
+        if not 0 <= view < len(self.weights_):
+            raise ValueError(f"view must be 0..{len(self.weights_) - 1}, got {view}")
+        X = _as_2d(X, f"view {view}")
+        if X.shape[1] != len(self.means_[view]):
+            raise ValueError(f"view {view} has {X.shape[1]} features, the model was fitted on "
+                             f"{len(self.means_[view])}")
+        return (X - self.means_[view]) @ self.weights_[view]
