@@ -74,7 +74,8 @@ def test_loss_equals_hand_computation():
     y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
     # pair 1: image 0.09+0.04+0.01 = 0.14, text 0.25+0.25 = 0.5; pair 2: image 0.01+0.16+0.09 = 0.26, text 0
     assert semantic_loss(p_x, p_t, y, "sum").item() == pytest.approx(0.14 + 0.5 + 0.26)
-    assert semantic_loss(p_x, p_t, y).item() == pytest.approx((0.14 + 0.5 + 0.26) / 2)
+    assert semantic_loss(p_x, p_t, y).item() == pytest.approx(0.14 + 0.5 + 0.26)
+    assert semantic_loss(p_x, p_t, y, "mean").item() == pytest.approx((0.14 + 0.5 + 0.26) / 2)
     with pytest.raises(ValueError):
         semantic_loss(p_x, p_t, y[:, :2])
 
@@ -91,7 +92,7 @@ def test_loss_through_the_model_matches_eq2_by_hand():
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    want = (((softmax(phi_x @ W.T) - y.numpy()) ** 2).sum() + ((softmax(phi_t @ W.T) - y.numpy()) ** 2).sum()) / 4
+    want = (((softmax(phi_x @ W.T) - y.numpy()) ** 2).sum() + ((softmax(phi_t @ W.T) - y.numpy()) ** 2).sum())
     got = semantic_loss(*m(x, t), y)
     assert got.item() == pytest.approx(want, rel=1e-5)
 

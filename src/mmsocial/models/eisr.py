@@ -45,6 +45,7 @@ class EISRConfig:
     momentum: float = 0.9  # not given in the paper; Caffe's usual value (docs/eisr.md)
     weight_decay: float = 0.0005  # not given in the paper; Caffe's usual value (docs/eisr.md)
     batch_size: int = 256  # image-text pairs per mini-batch
+    loss_reduction: str = "sum"  # Eq. 2 as printed: Σ_i over the batch ("mean" divides by the batch size)
     iterations: int = 400  # SGD iterations (Wikipedia 400, Pascal Sentence 300, VOC 2000); lr /10 at half
 
     def __post_init__(self):
@@ -58,6 +59,8 @@ class EISRConfig:
             raise ValueError(f"EISRConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0 or self.lr_new <= 0 or self.lr_pretrained <= 0:
             raise ValueError("EISRConfig.init_std, lr_new and lr_pretrained must be > 0")
+        if self.loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"EISRConfig.loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
         if self.joint and not self.latent_embedding:
             raise ValueError("joint=True needs latent_embedding=True: W can only be shared when both branches "
                              "end in the same l-dimensional latent space (O/LE/J); use variant 'O' or 'O/LE'")
@@ -73,7 +76,8 @@ class EISRConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     # CPU-sized, same structure: MobileNetV2 pooled 1280 in place of fc7, narrower T_Net
-    "small": dict(image_dim=1280, text_hidden=1024, latent_dim=256, iterations=300),
+    # lr_new 0.001: with Eq. 2 summed over the batch, 0.01 diverges on standardised cached features (docs/eisr.md)
+    "small": dict(image_dim=1280, text_hidden=1024, latent_dim=256, iterations=300, lr_new=0.001),
     "tiny": dict(image_dim=16, text_dim=8, num_classes=4, text_hidden=16, latent_dim=8, dropout=0.0,
                  batch_size=8, iterations=6),
 }
@@ -193,12 +197,12 @@ def eisr(preset: str = "paper", variant: str = "O/LE/J", backbone: Optional[nn.M
     return EISR(eisr_config(preset, variant, **overrides), backbone)
 
 
-def semantic_loss(p_x: Tensor, p_t: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+def semantic_loss(p_x: Tensor, p_t: Tensor, y: Tensor, reduction: str = "sum") -> Tensor:
     """Eq. 1 / Eq. 2: Σ_i ‖f^(I)(x_i) − y_i‖² + ‖f^(T)(t_i) − y_i‖² on softmax outputs.
 
     Eq. 1 and Eq. 2 have the same form; they differ in whether the last layer is shared (the model's
-    ``joint`` flag). reduction "sum" is the printed Σ_i; "mean" divides by the batch size so that the
-    learning rate does not depend on it (the default; docs/eisr.md). y: (B, c) targets; a multi-label
+    ``joint`` flag). reduction "sum" is the printed Σ_i over the mini-batch (the default); "mean" divides
+    by the batch size (Caffe's EuclideanLoss also halves it; docs/eisr.md). y: (B, c) targets; a multi-label
     post's y is its normalised multi-hot vector (rows sum to 1), which the softmax can reach.
     """
     if p_x.shape != y.shape or p_t.shape != y.shape:
