@@ -238,7 +238,7 @@ def read_mirflickr(root: str | Path, annotations: str | Path | None = None,
         if annotations is None:
             raise _not_found("MIRFlickr-25K", f"the annotation folder {MIR_ANNOTATIONS}/ (<concept>.txt and "
                              f"<concept>_r1.txt files)", places, "mirflickr",
-                             "or pass annotations= (--annotations) naming it")
+                             "pass annotations= (--annotations) to name another folder")
     annotations = Path(annotations)
     if not annotations.is_dir():
         raise _not_found("MIRFlickr-25K", "the annotation folder (<concept>.txt files)", [annotations], "mirflickr")
