@@ -37,7 +37,7 @@ MIR_RELEVANT = ("baby", "bird", "car", "clouds", "dog", "female", "flower", "mal
                 "portrait", "river", "sea", "tree")
 BOM = "\ufeff"
 
-def _not_found(dataset: str, expected: str, places: list[Path], layout_cmd: str, hint: str = "") -> CorpusError:
+def _not_found(dataset: str, expected: str, places: list, layout_cmd: str, hint: str = "") -> CorpusError:
     """The one error for a missing part of a dataset folder: what was expected and where it was looked for."""
     where = ", ".join(str(p) for p in dict.fromkeys(places))
     return CorpusError(f"{dataset}: expected {expected}; looked for it in {where} and did not find it"
@@ -351,6 +351,7 @@ def read_voc2007(root: str | Path, tags_dir: str | Path | None = None, with_tags
     ids = [x.stem for x in xmls]
 
     tag_of: dict[str, list[str]] = {}
+    folder = None
     if with_tags:
         folder = Path(tags_dir) if tags_dir is not None else _find_lear_folder([named, root, root.parent.parent], tag_set)
         split_tags = read_lear_tags(folder, tag_set)
@@ -384,7 +385,7 @@ def read_voc2007(root: str | Path, tags_dir: str | Path | None = None, with_tags
                         "official_split": official.get(image_id),
                         "flickr_id": _known(tree.findtext("source/flickrid"))})
     corpus = _corpus(records, "voc2007", {"reader": "voc2007", "root": str(root),
-                                          "tags_dir": str(folder) if with_tags else None,
+                                          "tags_dir": str(folder) if folder else None,
                                           "tag_set": tag_set if with_tags else None,
                                           "include_difficult": include_difficult})
     corpus.users = pd.DataFrame({"user_id": list(owners), "name": list(owners.values())}, dtype=object)
@@ -408,9 +409,8 @@ def _find_lear_folder(bases: list[Path], tag_set: str) -> Path:
         if (p / f"{tag_set}_dictionary.txt").is_file():
             return p
     raise _not_found("PASCAL VOC 2007", f"{tag_set}_dictionary.txt, the tag files of Guillaumin et al. (CVPR 2010)",
-                     [b for b in dict.fromkeys(bases)] + ["their sub-folders"], "voc2007",
-                     "pass tags_dir= (--tags DIR) naming their folder, or with_tags=False (--no-tags) to read "
-                     "VOC without tags")
+                     [*bases, "their direct sub-folders"], "voc2007", "pass tags_dir= (--tags DIR) naming their "
+                     "folder, or with_tags=False (--no-tags) to read VOC without tags")
 
 
 def read_lear_tags(folder: str | Path, tag_set: str = "pascal07") -> dict[str, dict[str, list[str]]]:
