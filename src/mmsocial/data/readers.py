@@ -37,6 +37,7 @@ MIR_RELEVANT = ("baby", "bird", "car", "clouds", "dog", "female", "flower", "mal
                 "portrait", "river", "sea", "tree")
 BOM = "\ufeff"
 
+
 def _not_found(dataset: str, expected: str, places: list, layout_cmd: str, hint: str = "") -> CorpusError:
     """The one error for a missing part of a dataset folder: what was expected and where it was looked for."""
     where = ", ".join(str(p) for p in dict.fromkeys(places))
@@ -377,8 +378,8 @@ def read_voc2007(root: str | Path, tags_dir: str | Path | None = None, with_tags
             labels.append(name)
         img = jpeg_dir / fname
         owner = _known(tree.findtext("owner/flickrid"))
-        if owner:
-            owners.setdefault(owner, _known(tree.findtext("owner/name")))
+        if owner and owners.get(owner) is None:  # an owner named on any of their images keeps that name
+            owners[owner] = _known(tree.findtext("owner/name"))
         records.append({"post_id": image_id, "user_id": owner,
                         "image": str(img.resolve()) if img.is_file() else None,
                         "tags": tag_of.get(image_id, []), "labels": sorted(set(labels)),
