@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from mmsocial.eval import metrics as M
-from mmsocial.eval.protocols_eisr import cross_media_map, eisr_table
+from mmsocial.eval.protocols.eisr import cross_media_map, eisr_table
 from mmsocial.models.baselines import CCA, DeepSemanticMatching, MultiViewCCA, SemanticMatching
 from mmsocial.models.eisr import EISR, VARIANTS, eisr, eisr_config, label_targets, semantic_loss
 

@@ -60,3 +60,18 @@ def test_new_tables_have_the_paper_layout(tiny_data):
     tables = S.new_tables(cfg.model_copy(update={"tables": []}), data)
     assert list(tables) == ["table1", "table2", "table3"]
     assert tables["table3"].metrics == ["Image query", "Text query", "Average"]
+
+
+def test_tiny_config_runs_end_to_end_through_the_runner(tmp_path):
+    from mmsocial.experiment import ExperimentResult, run_experiment
+    from mmsocial.systems import get
+
+    assert get("eisr") is S
+    result = run_experiment("configs/eisr/tiny.yaml", {"corpus": str(tmp_path / "corpus"),
+                                                       "workdir": str(tmp_path / "run"), "synthetic.posts": 60,
+                                                       "rows": ["CCA", "O/LE/J", "l=64"]}, progress=False)
+    assert set(result.tables) == {"table1", "table2", "table3"}
+    assert set(result.tables["table3"].rows) == {"CCA", "O/LE/J"} and set(result.tables["table1"].rows) == {"l=64"}
+    assert result.cells[("O/LE/J", 0)].selection["metric"] == "val_map"
+    again = ExperimentResult.load(tmp_path / "run")
+    assert again.tables["table2"].mean("O/LE/J", "Average") == result.tables["table2"].mean("O/LE/J", "Average")

@@ -252,7 +252,7 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
-    from mmsocial.eval.protocols_eisr import eisr_table
+    from mmsocial.eval.protocols.eisr import eisr_table
 
     return {t: eisr_table(t, cfg.name) for t in (cfg.tables or TABLES)}
 
@@ -283,7 +283,7 @@ def semantic_vectors(model, image: np.ndarray, text: np.ndarray, batch: int = 10
 
 def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
     """Train one EISR row (variant / latent size) with the shared trainer; returns (model, TrainResult)."""
-    from mmsocial.eval.protocols_eisr import cross_media_map
+    from mmsocial.eval.protocols.eisr import cross_media_map
     from mmsocial.models.eisr import eisr, label_targets, semantic_loss
     from mmsocial.train.data import FeatureDataset
     from mmsocial.train.trainer import train
@@ -374,7 +374,7 @@ def _baseline(row: str, data: Data, cfg: Config, seed: int) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------- one cell
 def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cell:
     """Train (or fit) one row with one seed and evaluate it on the test pairs (mAP, both directions)."""
-    from mmsocial.eval.protocols_eisr import cross_media_map
+    from mmsocial.eval.protocols.eisr import cross_media_map
 
     if row not in ROWS:
         raise ConfigError(f"unknown EISR row {row!r}; choose from {list(ROWS)}")
@@ -431,4 +431,4 @@ def demo(corpus_dir: Path, workdir: Path):
 
     return run_experiment({"system": NAME, "name": "demo", "corpus": str(corpus_dir), "workdir": str(workdir),
                            "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table3"],
-                           "model": {"iterations": 150}, "threads": 1})
+                           "model": {"iterations": 150}, "threads": 1}, progress=False)
