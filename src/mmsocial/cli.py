@@ -202,6 +202,30 @@ def data_voc2007(root: Path = typer.Argument(..., help="VOCdevkit/VOC2007, or th
                   include_difficult=include_difficult)
 
 
+from mmsocial.data.pascal_sentence import PASCAL_SENTENCE_LAYOUT  # noqa: E402
+from mmsocial.data.wikipedia import WIKIPEDIA_LAYOUT  # noqa: E402
+
+
+@data_app.command("wikipedia", help=_layout_help("Build a corpus from the Wikipedia cross-modal dataset "
+                                                 "(ROOT = wikipedia_dataset/ or its parent).", WIKIPEDIA_LAYOUT))
+def data_wikipedia(root: Path = typer.Argument(..., help="the unpacked wikipedia_dataset folder"),
+                   out: Path = typer.Option(..., help="corpus folder to write")):
+    from mmsocial.data.wikipedia import read_wikipedia
+
+    _read_dataset(read_wikipedia, out, root=root)
+
+
+@data_app.command("pascal-sentence", help=_layout_help("Build a corpus from Pascal Sentence (ROOT = the folder "
+                                                       "of either form, or the HTML page).", PASCAL_SENTENCE_LAYOUT))
+def data_pascal_sentence(root: Path = typer.Argument(..., help="dataset/ + sentence/ parent, or the HTML page"),
+                         out: Path = typer.Option(..., help="corpus folder to write"),
+                         train_per_class: int = typer.Option(30, help="training pairs per class (rest: test)"),
+                         seed: int = typer.Option(0, help="seed of the per-class split")):
+    from mmsocial.data.pascal_sentence import read_pascal_sentence
+
+    _read_dataset(read_pascal_sentence, out, root=root, train_per_class=train_per_class, seed=seed)
+
+
 # ---------------------------------------------------------------------------- features
 @features_app.command("extract")
 def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
