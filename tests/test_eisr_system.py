@@ -75,3 +75,20 @@ def test_tiny_config_runs_end_to_end_through_the_runner(tmp_path):
     assert result.cells[("O/LE/J", 0)].selection["metric"] == "val_map"
     again = ExperimentResult.load(tmp_path / "run")
     assert again.tables["table2"].mean("O/LE/J", "Average") == result.tables["table2"].mean("O/LE/J", "Average")
+
+
+def test_voc2007_official_split_and_tag_features():
+    from pathlib import Path
+
+    from mmsocial.data.readers import read_voc2007
+
+    fix = Path(__file__).parent / "fixtures" / "voc2007"
+    corpus = read_voc2007(fix / "VOCdevkit" / "VOC2007", tags_dir=fix / "pascal07")
+    cfg = load_config({"text": {"features": "tags", "min_count": 1}, "val_fraction": 0.0, "standardize": False},
+                      S.Config)
+    regions = np.ones((len(corpus.posts), 2, 3), dtype=np.float32)
+    data = S.prepare(corpus, cfg, features=regions)
+    official = dict(zip(corpus.posts["post_id"], corpus.posts["official_split"]))
+    for pid, s in zip(data.post_ids, data.split):
+        assert s == ("test" if official[pid] == "test" else "train")  # VOC val trains (trainval)
+    assert set(np.unique(data.text)) <= {0.0, 1.0} and (data.text[data.idx("train")].sum(1) > 0).all()

@@ -76,6 +76,8 @@ class ModelSettings(StrictModel):
 
 
 class TextSettings(StrictModel):
+    features: Literal["lda", "tags"] = Field("lda", description="lda: LDA topic proportions of text (+ tags); "
+                                             "tags: the multi-hot tag vector (PASCAL VOC 2007's tag features)")
     topics: int = Field(100, ge=2, description="LDA topics (paper: 100)")
     min_count: int = Field(2, ge=1, description="a word enters the LDA vocabulary when in this many training texts")
     max_iter: int = Field(20, ge=1, description="LDA (batch variational Bayes) passes")
@@ -191,6 +193,9 @@ def _split(corpus: Corpus, keep: np.ndarray, cfg: Config) -> np.ndarray:
     from mmsocial.data.splits import random_split
 
     given = corpus.posts["split"].to_numpy(dtype=object) if "split" in corpus.posts else None
+    if (given is None or not set(given[keep]) <= {"train", "val", "test"}) and "official_split" in corpus.posts:
+        # PASCAL VOC 2007: the paper trains on trainval (5,011) and tests on test (4,952)
+        given = np.array([{"val": "train"}.get(s, s) for s in corpus.posts["official_split"]], dtype=object)
     if given is not None and all(s in ("train", "val", "test") for s in given[keep]) \
             and {"train", "test"} <= set(given[keep]):
         split = given.copy()
@@ -218,9 +223,10 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
              zip(posts["text"].where(posts["text"].notna(), None), posts["tags"])]
     tokens = corpus_tokens(texts, stop_words="english", min_length=2, keep_numbers=False)
     class_lists = [_classes_of(list(labs), cfg.classes) for labs in posts["labels"]]
-    keep = (posts["image"].notna().to_numpy() & np.array([len(c) > 0 for c in class_lists])
-            & np.array([len(t) > 0 for t in tokens]))
-    if keep.sum() < 10:
+    has_text = (np.array([len(t) > 0 for t in tokens]) if cfg.text.features == "lda"
+                else posts["tags"].map(len).to_numpy() > 0)
+    keep = posts["image"].notna().to_numpy() & np.array([len(c) > 0 for c in class_lists]) & has_text
+    if keep.sum() < 3:
         raise CorpusError(f"{corpus.root or corpus.name}: only {int(keep.sum())} posts have an image, a text and "
                           f"a label; EISR needs labelled image-text pairs")
     split = _split(corpus, keep, cfg)
@@ -232,9 +238,18 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
         raise CorpusError(f"{corpus.root or corpus.name}: EISR needs at least 2 classes, found {classes}")
     idx = np.flatnonzero(keep)
     train_tokens = [tokens[i] for i in idx if split[i] == "train"]
-    lda = fit_lda(train_tokens, topics=cfg.text.topics, min_count=cfg.text.min_count,
-                  max_iter=cfg.text.max_iter, seed=cfg.split_seed)
-    text = lda.transform([tokens[i] for i in idx])
+    if cfg.text.features == "lda":
+        lda = fit_lda(train_tokens, topics=cfg.text.topics, min_count=cfg.text.min_count,
+                      max_iter=cfg.text.max_iter, seed=cfg.split_seed)
+        text, top_words = lda.transform([tokens[i] for i in idx]), lda.top_words(8)
+    else:
+        from collections import Counter
+
+        counts = Counter(t for i in idx if split[i] == "train" for t in set(posts["tags"].iloc[i]))
+        vocab = sorted(t for t, n in counts.items() if n >= cfg.text.min_count)
+        if not vocab:
+            raise CorpusError(f"{corpus.root or corpus.name}: no tag occurs on {cfg.text.min_count} training posts")
+        text, top_words = tag_vectors([list(posts["tags"].iloc[i]) for i in idx], vocab), [vocab]
     labels = tag_vectors([class_lists[i] for i in idx], classes)
     ids = posts["post_id"].iloc[idx].tolist()
     if features is None:
@@ -248,7 +263,7 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
         for a in (image, text):
             a -= a[tr].mean(0)
             a /= np.maximum(a[tr].std(0), 1e-6)
-    return Data(ids, split[idx], image, text, labels, classes, lda.top_words(8))
+    return Data(ids, split[idx], image, text, labels, classes, top_words)
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
