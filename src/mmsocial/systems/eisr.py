@@ -94,7 +94,7 @@ class BaselineSettings(StrictModel):
     sm_C: float = Field(0.01, gt=0, description="inverse L2 strength of SM's logistic regressions")
     sm_max_iter: int = Field(300, ge=1, description="L-BFGS iterations of each logistic regression")
     deep_sm_hidden: list[int] = [1024]
-    deep_sm_epochs: int = Field(50, ge=1)
+    deep_sm_epochs: int = Field(20, ge=1)
     deep_sm_lr: float = Field(1e-3, gt=0)
     deep_sm_dropout: float = Field(0.5, ge=0, lt=1)
 
@@ -121,7 +121,7 @@ class Config(ExperimentConfig):
     selection: Literal["val_map", "val_loss", "last"] = Field(
         "val_map", description="checkpoint kept: best validation mAP (average of both directions), lowest "
         "validation loss, or the last iteration (the paper's fixed schedule)")
-    eval_every: int = Field(25, ge=1, description="iterations between validations")
+    eval_every: int = Field(50, ge=1, description="iterations between validations")
     progress: bool = False
 
     @field_validator("rows")
