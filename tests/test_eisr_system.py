@@ -92,3 +92,21 @@ def test_voc2007_official_split_and_tag_features():
     for pid, s in zip(data.post_ids, data.split):
         assert s == ("test" if official[pid] == "test" else "train")  # VOC val trains (trainval)
     assert set(np.unique(data.text)) <= {0.0, 1.0} and (data.text[data.idx("train")].sum(1) > 0).all()
+
+
+def test_train_command_and_semantic_plot(tmp_path, tiny_data):
+    from typer.testing import CliRunner
+
+    from mmsocial.cli import app
+
+    data, cfg, root = tiny_data
+    r = CliRunner().invoke(app, ["train", "eisr", "--config", "configs/eisr/tiny.yaml", "--corpus",
+                                 str(root / "corpus"), "--out", str(tmp_path / "run"), "--set", "image_size=32"])
+    assert r.exit_code == 0, r.output
+    z = np.load(tmp_path / "run" / "semantic_test.npz")
+    np.testing.assert_allclose(z["image"].sum(1), 1.0)
+    r = CliRunner().invoke(app, ["viz", "eisr-semantic", str(tmp_path / "run"), "--out", str(tmp_path / "f.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["viz", "eisr-semantic", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "semantic_test.npz" in r.output

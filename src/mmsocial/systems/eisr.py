@@ -430,6 +430,10 @@ def train(cfg: Config) -> Path:
     out = Path(cfg.workdir)
     model, result, kept = train_eisr(data, MAIN_ROW, cfg, out, cfg.seeds[0] if cfg.seeds else 0)
     torch.save(model.state_dict(), out / "eisr.pt")
+    te = data.idx("test")
+    sx, st = semantic_vectors(model, data.image[te], data.text[te])
+    np.savez_compressed(out / "semantic_test.npz", post_ids=np.array([data.post_ids[i] for i in te]),
+                        image=sx, text=st, labels=data.labels[te], classes=np.array(data.classes))
     (out / "eisr.json").write_text(json.dumps({"config": model.cfg.to_dict(), "classes": data.classes,
                                                "selection": kept}, indent=1))
     log.info(result.summary())
@@ -447,3 +451,51 @@ def demo(corpus_dir: Path, workdir: Path):
     return run_experiment({"system": NAME, "name": "demo", "corpus": str(corpus_dir), "workdir": str(workdir),
                            "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table3"],
                            "model": {"iterations": 150}, "threads": 1}, progress=False)
+
+
+# ---------------------------------------------------------------------------- extra commands
+def plot_semantic_vectors(run_dir: Path, out: Path, pairs: int = 4, seed: int = 0) -> Path:
+    """Fig. 3 of the paper: the semantic vectors of a few test pairs (image and text side by side),
+    from the ``semantic_test.npz`` that `mmsocial train eisr` saves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(run_dir) / "semantic_test.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; train a model first with `mmsocial train eisr --out {run_dir}`")
+    z = np.load(path)
+    pick = np.random.default_rng(seed).choice(len(z["post_ids"]), min(pairs, len(z["post_ids"])), replace=False)
+    classes = [str(c) for c in z["classes"]]
+    fig, axes = plt.subplots(len(pick), 2, figsize=(10, 1.8 * len(pick)), squeeze=False, sharey=True)
+    for r, i in enumerate(pick):
+        truth = ", ".join(c for c, v in zip(classes, z["labels"][i]) if v > 0)
+        for col, (name, vec) in enumerate((("image", z["image"][i]), ("text", z["text"][i]))):
+            ax = axes[r, col]
+            ax.bar(range(len(classes)), vec, color=["C3" if v > 0 else "C0" for v in z["labels"][i]])
+            ax.set_title(f"{z['post_ids'][i]} {name} ({truth})", fontsize=8)
+            ax.set_xticks(range(len(classes)))
+            ax.set_xticklabels(classes if r == len(pick) - 1 else [], rotation=90, fontsize=6)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def add_commands(groups) -> None:
+    import typer
+
+    @groups["viz"].command("eisr-semantic")
+    def viz_eisr_semantic(run_dir: Path = typer.Argument(..., help="folder of `mmsocial train eisr`"),
+                          out: Path = typer.Option(Path("eisr_semantic.png"), help="PNG to write"),
+                          pairs: int = typer.Option(4, help="test pairs to show"),
+                          seed: int = typer.Option(0, help="which pairs (random with this seed)")):
+        """EISR Fig. 3: semantic vectors of test image-text pairs (true classes in red)."""
+        try:
+            typer.echo(f"wrote {plot_semantic_vectors(run_dir, out, pairs, seed)}")
+        except FileNotFoundError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(1)
