@@ -77,7 +77,7 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     # CPU-sized, same structure: MobileNetV2 pooled 1280 in place of fc7, narrower T_Net
     # lr_new 0.001: with Eq. 2 summed over the batch, 0.01 diverges on standardised cached features (docs/eisr.md)
-    "small": dict(image_dim=1280, text_hidden=1024, latent_dim=256, iterations=150, lr_new=0.001),
+    "small": dict(image_dim=1280, text_hidden=1024, latent_dim=256, iterations=300, lr_new=0.001),
     "tiny": dict(image_dim=16, text_dim=8, num_classes=4, text_hidden=16, latent_dim=8, dropout=0.0,
                  batch_size=8, iterations=6),
 }

@@ -121,7 +121,7 @@ class Config(ExperimentConfig):
     selection: Literal["val_map", "val_loss", "last"] = Field(
         "val_map", description="checkpoint kept: best validation mAP (average of both directions), lowest "
         "validation loss, or the last iteration (the paper's fixed schedule)")
-    eval_every: int = Field(50, ge=1, description="iterations between validations")
+    eval_every: int = Field(100, ge=1, description="iterations between validations")
     progress: bool = False
 
     @field_validator("rows")
