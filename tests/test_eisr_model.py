@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from mmsocial.eval import metrics as M
 from mmsocial.eval.protocols.eisr import cross_media_map, eisr_table
 from mmsocial.models.baselines import CCA, DeepSemanticMatching, MultiViewCCA, SemanticMatching
-from mmsocial.models.eisr import EISR, VARIANTS, eisr, eisr_config, label_targets, semantic_loss
+from mmsocial.models.eisr import VARIANTS, eisr, eisr_config, label_targets, semantic_loss
 
 
 def test_joint_variant_shares_exactly_one_last_layer_tensor():

@@ -416,10 +416,8 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
 
 # ---------------------------------------------------------------------------- train / demo
 def train(cfg: Config) -> Path:
-    """`mmsocial train eisr`: O/LE/J on cfg.corpus with the first seed; saves the model, the LDA model
-    and the classes in cfg.workdir."""
-    import joblib
-
+    """`mmsocial train eisr`: O/LE/J on cfg.corpus with the first seed; saves the model (eisr.pt), its
+    settings and classes (eisr.json) and the test pairs' semantic vectors (semantic_test.npz) in cfg.workdir."""
     from mmsocial.experiment import load_corpus
 
     if cfg.threads:
