@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["temporary_name", "fsync_folder", "atomic_open", "write_text", "write_bytes", "write_json",
-           "save_npy", "atomic_folder", "replace_folder", "remove_temporaries", "check_writable_folder"]
+           "save_npy", "atomic_folder", "replace_folder", "restore_old", "remove_temporaries",
+           "remove_stale_temporaries", "check_writable_folder"]
 
 TMP_MARK = ".tmp-"
 
@@ -152,6 +153,7 @@ def atomic_folder(path: "str | os.PathLike") -> Iterator[Path]:
     replaces ``path`` (see ``replace_folder``); on an exception it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     tmp.mkdir()
     try:
@@ -173,6 +175,32 @@ def remove_temporaries(folder: "str | os.PathLike") -> None:
         else:
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+def remove_stale_temporaries(path: "str | os.PathLike") -> None:
+    """Delete the temporary siblings of ``path`` (``.NAME.tmp-PID-*``) whose process is gone: what a
+    killed ``atomic_folder`` or ``atomic_open`` of ``path`` left behind."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.glob(f".{path.name}{TMP_MARK}*"):
+        pid = p.name[len(f".{path.name}{TMP_MARK}"):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_writable_folder(path: "str | os.PathLike", what: str = "output folder") -> Path:
