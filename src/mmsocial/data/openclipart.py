@@ -38,6 +38,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mmsocial.data.corpus import Corpus, CorpusError, make_posts
+from mmsocial.io import atomic_open
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 TREE = Path("usr/share/openclipart")
@@ -281,9 +282,8 @@ def downscale_png(job: tuple[str, str, int]) -> tuple[str, str | None]:
                 im = im.reduce(factor)
             im.thumbnail((max_side, max_side), Image.LANCZOS)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst + ".tmp"
-            im.save(tmp, format="PNG", optimize=False)
-            Path(tmp).replace(dst)
+            with atomic_open(dst, "wb") as f:
+                im.save(f, format="PNG", optimize=False)
         return dst, None
     except Exception as e:  # corrupt or truncated file: reported, not fatal
         return dst, f"{type(e).__name__}: {e}"

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from mmsocial.io import fsync_folder, remove_temporaries, replace_folder, restore_old, save_npy, write_json
+from mmsocial.io import check_writable_folder, remove_temporaries, replace_folder, restore_old, save_npy, write_json
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +418,10 @@ def write_features(path: "str | os.PathLike", post_ids: list[str], dims, batches
     if DATA_FILE[:-4] in extras or WRITTEN_FILE[:-4] in extras:
         raise FeatureStoreError("'data' and 'written' are reserved; give the extra array another name")
     check_output(path, full, overwrite)
+    try:
+        check_writable_folder(path.parent, "folder of the feature set")
+    except ValueError as e:
+        raise FeatureStoreError(str(e)) from None
     with _Locked(path, lock_timeout):
         restore_old(path)
         check_output(path, full, overwrite)  # again: another writer may have finished meanwhile

@@ -156,7 +156,9 @@ class _CsvLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
+        from mmsocial.io import atomic_open
+
+        with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, self.fields, restval="")
             if self.fields:
                 w.writeheader()
@@ -238,6 +240,9 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
                           "pass evaluate=... or set early_stopping.metric to null")
     if len(train_data) == 0:
         raise ValueError("train_data is empty: nothing to train on")
+    from mmsocial.io import check_writable_folder
+
+    check_writable_folder(out_dir, "run folder")  # a file or a read-only path: a ValueError naming it
     info = init_distributed(cfg.device)
     try:
         result = _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
