@@ -131,7 +131,7 @@ def parse_timestamp(value, where: str = "timestamp") -> float:
         except ValueError:
             pass
         else:
-            return _finite(number, where, "timestamp")
+            return _finite(number, where, "timestamp", shown=s)
         try:
             dt = datetime.fromisoformat(s)
         except ValueError:
@@ -208,13 +208,14 @@ def _number(value, where: str, field: str) -> float:
     return _finite(value, where, field)
 
 
-def _finite(value, where: str, field: str) -> float:
+def _finite(value, where: str, field: str, shown: str | None = None) -> float:
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
+        shown = str(value) if shown is None else shown
+        shown = shown if len(shown) <= 24 else shown[:20] + "..."
         raise CorpusError(f"{where}: field {field!r} is {shown}, too large for a float (not finite)")
     return number
 
