@@ -334,3 +334,25 @@ def test_config_errors_name_the_dotted_key_and_the_override(tmp_path):
         load_config(cfg, _Section, ["train.epochs=two"])
     with pytest.raises(ConfigError, match=r"c.yaml: train.lr: .*greater than 0"):
         check_section({"lr": -1}, TrainConfig, "train", "c.yaml")
+
+
+# ------------------------------------------------------------------ training: resume="auto"
+def test_train_resumes_a_killed_run_and_starts_over_when_the_config_changed(tmp_path):
+    from mmsocial.train.trainer import train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_worker import make_data, make_model, mse_loss
+
+    data = make_data(32)
+    base = dict(epochs=2, batch_size=8, lr=0.05, device="cpu", progress=False, seed=1)
+    full = train(make_model(), data, mse_loss, TrainConfig(**base), tmp_path / "full")
+    part = train(make_model(), data, mse_loss, TrainConfig(**base, max_steps=3), tmp_path / "run", resume="auto")
+    assert part.steps == 3  # "killed" after its step-3 checkpoint
+    model = make_model()
+    again = train(model, data, mse_loss, TrainConfig(**base), tmp_path / "run", resume="auto")
+    assert again.resumed_from == 3 and again.restart_reason is None and again.steps == full.steps
+    changed = train(make_model(), data, mse_loss, TrainConfig(**{**base, "lr": 0.01}), tmp_path / "run",
+                    resume="auto", run_config={"hidden": 4})
+    assert changed.resumed_from is None and changed.steps == full.steps
+    assert "configuration changed" in changed.restart_reason and "train.lr" in changed.restart_reason
+    assert "run.hidden" in changed.restart_reason
