@@ -90,13 +90,14 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
                      size: int = 224, out: "str | Path | None" = None, batch_size: int = 32,
                      workers: int = 2, weights: str = "imagenet", boxes: str = "cam", objects: int = 10,
                      on_error: str = "raise", device: "str | None" = None,
-                     progress: bool = True, overwrite: bool = False) -> FeatureSet:
+                     progress: bool = True, overwrite: bool = False, seed: "int | None" = 0) -> FeatureSet:
     """Extract ``kind`` features of every post with an image; resumes an interrupted run.
 
     backbone: a name (see backbones.SPECS) loaded with ``weights`` ("imagenet", "random" or a
     path), or an already loaded FeatureExtractor. boxes (kind "objects"): "cam", "grid" or the
-    path of an ONNX detector file; objects: boxes per image (P). device: None picks CUDA when
-    available. A complete feature set at ``out`` made with the same settings is returned as it
+    path of an ONNX detector file; objects: boxes per image (P). seed: the seed of random
+    weights loaded by name (None: the caller's torch RNG), so that the same call gives the same
+    weights and finds its own feature set again. device: None picks CUDA when available. A complete feature set at ``out`` made with the same settings is returned as it
     is unless ``overwrite``; rows whose image changed since (size or modification time) are
     extracted again. ``out`` may be new, an empty folder or a feature set; a feature set made
     with other settings is replaced only with ``overwrite``; anything else there is an error.
@@ -126,7 +127,14 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
     out = Path(out) if out is not None else default_output(corpus, kind, name, size)
     check_output(out)  # a file or a folder of the user's is refused before any work
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = backbone if isinstance(backbone, FeatureExtractor) else load_backbone(backbone, weights, device)
+    if isinstance(backbone, FeatureExtractor):
+        model = backbone
+    elif weights == "random" and seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = load_backbone(backbone, weights, device)
+    else:
+        model = load_backbone(backbone, weights, device)
     model = model.to(device).eval()
 
     side = model.grid_size(size)
@@ -151,7 +159,8 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
             manifest["command"] = (f"mmsocial features extract {corpus.root} --kind {kind} --backbone {backbone} "
                                    f"--size {size} --weights {weights} --out {out}"
                                    + (f" --boxes {boxes} --objects {objects}" if kind == "objects" else "")
-                                   + (" --on-error zeros" if on_error == "zeros" else ""))
+                                   + (" --on-error zeros" if on_error == "zeros" else "")
+                                   + (f" --seed {seed}" if weights == "random" and seed is not None else ""))
     keys = image_keys(corpus, post_ids)
     if model.weights_id == "random":  # resume and reuse only with these very random weights
         manifest["random_parameters"] = parameters_fingerprint(model)
