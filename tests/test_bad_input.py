@@ -356,3 +356,148 @@ def test_train_resumes_a_killed_run_and_starts_over_when_the_config_changed(tmp_
     assert changed.resumed_from is None and changed.steps == full.steps
     assert "configuration changed" in changed.restart_reason and "train.lr" in changed.restart_reason
     assert "run.hidden" in changed.restart_reason
+
+
+# ------------------------------------------------------------------ the command line
+from typer.testing import CliRunner  # noqa: E402
+
+from mmsocial.cli import app  # noqa: E402
+
+TINY = """system: dman
+weights: random
+image_size: 64
+num_tags: 10
+preset: tiny
+model: {epochs: 2}
+seeds: [0]
+train: {progress: false}
+threads: 1
+"""
+
+
+def _cli(*args):
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    return r, r.output
+
+
+def _one_error_line(r, code=2):
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]  # progress bars may come first
+    assert r.exit_code == code, r.output
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in r.output, r.output
+    assert sum(ln.startswith("error: ") for ln in r.output.splitlines()) == 1
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "c"
+    make_synthetic_corpus(SyntheticConfig(posts=200, write_images=False), root)
+    return root
+
+
+def test_cli_user_mistakes_end_with_one_error_line_and_exit_2(tmp_path, tiny_corpus, synth):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    (tmp_path / "file").write_text("mine")
+    for posts in (0, -5):
+        line = _one_error_line(_cli("data", "synthetic", "--out", tmp_path / "s", "--posts", posts)[0])
+        assert f"--posts must be at least 10" in line and f"got {posts}" in line
+    assert "is a file" in _one_error_line(_cli("data", "synthetic", "--out", tmp_path / "file", "--posts", 20)[0])
+    assert (tmp_path / "file").read_text() == "mine"
+
+    (tiny_corpus.root / "meta.json").write_text("[1, 2]")
+    assert "meta.json: expected a JSON object" in _one_error_line(_cli("data", "info", tiny_corpus.root)[0])
+
+    line = _one_error_line(_cli("train", "dman", "--config", cfg, "--corpus", synth, "--set", "model.epochs=two")[0])
+    assert "--set model.epochs=two: model.epochs: Input should be a valid integer" in line
+    cfg.write_text(TINY.replace("train: {progress: false}", "train: {progress: false, lr: -0.5}"))
+    assert "train.lr" in _one_error_line(_cli("train", "dman", "--config", cfg, "--corpus", synth)[0])
+    cfg.write_text(TINY.replace("train: {progress: false}", "train: {progress: false, lrr: 0.5}"))
+    assert "train.lrr: unknown key" in _one_error_line(_cli("train", "dman", "--config", cfg, "--corpus", synth)[0])
+    cfg.write_text(TINY)
+    # the run folder is checked before the corpus is read (this corpus does not even exist)
+    line = _one_error_line(_cli("train", "dman", "--config", cfg, "--corpus", tmp_path / "nope", "--out",
+                                tmp_path / "file")[0])
+    assert "file: the run folder is a file" in line
+    ro = _read_only_or_skip()
+    assert str(ro) in _one_error_line(_cli("train", "dman", "--config", cfg, "--corpus", synth, "--out", ro / "run")[0])
+
+
+def test_cli_internal_errors_say_so_and_debug_shows_the_traceback(monkeypatch, tiny_corpus):
+    from mmsocial.data import corpus as corpus_module
+
+    def bug(self):
+        raise TypeError("an unexpected bug")
+
+    monkeypatch.setattr(corpus_module.Corpus, "describe", bug)
+    line = _one_error_line(_cli("data", "info", tiny_corpus.root)[0], code=1)
+    assert "internal error: TypeError: an unexpected bug" in line and "--debug" in line
+    r, _ = _cli("--debug", "data", "info", tiny_corpus.root)
+    assert isinstance(r.exception, TypeError)  # not turned into a message: the traceback is shown
+
+
+def test_cli_experiment_never_overwrites_a_damaged_corpus(tmp_path, tiny_corpus):
+    files = {p.name: p.read_bytes() for p in tiny_corpus.root.iterdir()}
+    (tiny_corpus.root / "posts.parquet").unlink()
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(TINY + f"synthetic: {{posts: 50, seed: 0}}\nworkdir: {tmp_path / 'run'}\n")
+    line = _one_error_line(_cli("experiment", cfg, "--set", f"corpus={tiny_corpus.root}")[0])
+    assert "not a corpus (posts.parquet missing) and not empty" in line
+    assert {p.name: p.read_bytes() for p in tiny_corpus.root.iterdir()} == \
+        {k: v for k, v in files.items() if k != "posts.parquet"}
+
+
+def test_cli_data_jsonl_refuses_images_outside_the_root_and_a_folder_with_files(tmp_path):
+    (tmp_path / "posts.jsonl").write_text('{"post_id": "b", "image": "../../../../etc/passwd"}\n')
+    line = _one_error_line(_cli("data", "jsonl", tmp_path / "posts.jsonl", "--out", tmp_path / "c")[0])
+    assert "leads outside the images root" in line and not (tmp_path / "c").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    line = _one_error_line(_cli("data", "jsonl", tmp_path / "posts.jsonl", "--out", tmp_path / "mine")[0])
+    assert "not empty (notes.txt)" in line
+
+
+def test_cli_train_resumes_a_killed_run_and_starts_over_when_the_config_changed(tmp_path, synth, monkeypatch):
+    from mmsocial.train import trainer
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    run = tmp_path / "run"
+    real = trainer.write_index
+
+    def killed_after_first_checkpoint(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "write_index", killed_after_first_checkpoint)
+    r, out = _cli("train", "dman", "--config", cfg, "--corpus", synth, "--out", run)
+    assert "interrupted" in _one_error_line(r, code=130)
+    monkeypatch.undo()
+    r, out = _cli("train", "dman", "--config", cfg, "--corpus", synth, "--out", run)
+    assert r.exit_code == 0, out
+    assert "resuming from its last checkpoint (step" in out and "trained DMAN" in out
+    r, out = _cli("train", "dman", "--config", cfg, "--corpus", synth, "--out", run, "--set", "train.lr=0.5")
+    assert r.exit_code == 0, out
+    assert "configuration changed since the last checkpoint (train.lr" in out and "starting over" in out
+    assert "resuming" not in out
+
+
+def test_two_cli_extractions_into_one_store(tmp_path, image_corpus, net):
+    """The issue's case: the same `features extract` twice, 0.5 s apart, as two real processes."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "f"
+    cmd = [sys.executable, "-m", "mmsocial", "features", "extract", str(image_corpus.root), "--kind", "pooled",
+           "--weights", "random", "--size", "32", "--batch-size", "1", "--workers", "0", "--out", str(out)]
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(0.5)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum("wrote" in o for o in outputs) == 1 and sum("exist already" in o for o in outputs) == 1, outputs
+    fs = FeatureSet.open(out)
+    assert np.load(out / "written.npy").all()
+    same = extract_features(Corpus.load(image_corpus.root), "pooled", "mobilenet_v2", 32, weights="random",
+                            out=tmp_path / "one", batch_size=1, workers=0, progress=False)
+    assert same.manifest["random_parameters"] == fs.manifest["random_parameters"]
+    np.testing.assert_allclose(fs.data.astype(np.float32), same.data.astype(np.float32), rtol=1e-2, atol=1e-3)
