@@ -347,7 +347,9 @@ def test_train_resumes_a_killed_run_and_starts_over_when_the_config_changed(tmp_
     base = dict(epochs=2, batch_size=8, lr=0.05, device="cpu", progress=False, seed=1)
     full = train(make_model(), data, mse_loss, TrainConfig(**base), tmp_path / "full")
     part = train(make_model(), data, mse_loss, TrainConfig(**base, max_steps=3), tmp_path / "run", resume="auto")
-    assert part.steps == 3  # "killed" after its step-3 checkpoint
+    assert part.steps == 3  # "killed" after its step-3 checkpoint...
+    step = tmp_path / "run" / "checkpoints" / "step_00000003"
+    step.rename(step.parent / ".step_00000003.old-1-dead")  # ...while that folder was being replaced
     model = make_model()
     again = train(model, data, mse_loss, TrainConfig(**base), tmp_path / "run", resume="auto")
     assert again.resumed_from == 3 and again.restart_reason is None and again.steps == full.steps

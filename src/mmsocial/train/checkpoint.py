@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mmsocial.io import TMP_MARK, atomic_folder, write_json
+from mmsocial.io import TMP_MARK, atomic_folder, restore_old, write_json
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_index", "write_index", "find_checkpoint",
-           "load_checkpoint", "load_training_state", "prune_checkpoints"]
+           "load_checkpoint", "load_training_state", "prune_checkpoints", "recover_checkpoints"]
 
 WEIGHTS, CONFIG, STATE, INDEX = "model.safetensors", "config.json", "state.pt", "index.json"
 
@@ -51,9 +51,18 @@ def read_index(root: str | Path) -> dict[str, Optional[str]]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: unreadable checkpoint index ({e}); delete it to start over") from None
+    return index
+
+
+def recover_checkpoints(root: str | Path) -> None:
+    """For the run's own trainer, before it reads the index: put back a step folder that a kill
+    left under ``.step_….old-*`` while it was being replaced (``io.replace_folder``)."""
+    index = read_index(root)
+    for name in {index.get("last"), index.get("best")} - {None}:
+        restore_old(Path(root) / name)
 
 
 def write_index(root: str | Path, last: Optional[Path], best: Optional[Path]) -> None:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
 from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
-                                       save_checkpoint, write_index)
+                                       recover_checkpoints, save_checkpoint, write_index)
 from mmsocial.train.distributed import (DistInfo, barrier, broadcast_object, epoch_batches,
                                         gather_objects, init_distributed, shutdown_distributed)
 
@@ -308,6 +308,9 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     last_dir: Optional[Path] = None
     data_key = [cfg.seed, cfg.batch_size, cfg.shuffle, cfg.drop_last, n, sampler_factory is not None]
 
+    if resume and info.is_main:
+        recover_checkpoints(ckpt_root)
+    barrier(info)
     index = read_index(ckpt_root) if resume else {}
     restart_reason = None
     if resume == "auto" and index.get("last"):
