@@ -503,3 +503,14 @@ def test_two_cli_extractions_into_one_store(tmp_path, image_corpus, net):
                             out=tmp_path / "one", batch_size=1, workers=0, progress=False)
     assert same.manifest["random_parameters"] == fs.manifest["random_parameters"]
     np.testing.assert_allclose(fs.data.astype(np.float32), same.data.astype(np.float32), rtol=1e-2, atol=1e-3)
+
+
+def test_an_empty_batch_from_a_sampler_is_named(tmp_path):
+    from mmsocial.train.trainer import train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_worker import make_data, make_model, mse_loss
+
+    with pytest.raises(ValueError, match=r"empty batch \(batch 1 of 2 in epoch 0\) for 32 training examples"):
+        train(make_model(), make_data(32), mse_loss, TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False),
+              tmp_path, sampler_factory=lambda epoch, rank, world: [list(range(8)), []])

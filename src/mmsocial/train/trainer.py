@@ -282,6 +282,11 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
             return epoch_batches(n, cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                                  cfg.shuffle, cfg.drop_last)
         batches = [[int(i) for i in b] for b in sampler_factory(epoch, info.rank, info.world_size)]
+        empty = [i for i, b in enumerate(batches) if not b]
+        if empty:
+            raise ValueError(f"sampler_factory gave an empty batch (batch {empty[0]} of {len(batches)} in epoch "
+                             f"{epoch}) for {n} training examples; the training set is probably too small for "
+                             f"this sampler (use a bigger corpus or a smaller batch_size)")
         counts = gather_objects(len(batches), info)
         if not batches or len(set(counts)) > 1:
             raise ValueError(f"sampler_factory gave {counts} batches per rank in epoch {epoch}; "
