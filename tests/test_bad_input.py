@@ -95,8 +95,10 @@ def test_output_path_that_is_a_file_or_read_only_names_it(tmp_path):
     (tmp_path / "file").write_text("mine")
     with pytest.raises(ValueError, match=r"file: the run folder is a file"):
         check_writable_folder(tmp_path / "file", "run folder")
-    with pytest.raises(ValueError, match="a part of the path is a file"):
+    with pytest.raises(ValueError, match=r"sub: the run folder cannot be created: .*file is a file"):
         check_writable_folder(tmp_path / "file" / "sub", "run folder")
+    check_writable_folder(tmp_path / "new" / "run", "run folder", create=False)
+    assert not (tmp_path / "new").exists()  # checked, nothing created
     ro = _read_only_or_skip()
     with pytest.raises(ValueError, match="not writable|cannot be"):
         check_writable_folder(ro / "run", "run folder")

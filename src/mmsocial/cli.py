@@ -319,7 +319,7 @@ def train_cmd(system: SystemName = typer.Argument(..., help="a registered system
         cfg = load_config(config, module.Config, ov)  # a bad key or value fails before anything runs
         from mmsocial.io import check_writable_folder
 
-        check_writable_folder(cfg.workdir, "run folder")
+        check_writable_folder(cfg.workdir, "run folder", create=False)
         run_dir = module.train(cfg)  # resumes a killed run with the same config (and says so)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))

@@ -190,7 +190,7 @@ def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
     from tqdm.auto import tqdm
 
     system, cfg = load_experiment_config(config, overrides)
-    workdir = check_writable_folder(cfg.workdir, "experiment workdir")  # a file or read-only: fails now
+    workdir = check_writable_folder(cfg.workdir, "experiment workdir", create=False)  # a file or read-only: fails now
     if cfg.threads:
         import torch
 

@@ -203,20 +203,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_writable_folder(path: "str | os.PathLike", what: str = "output folder") -> Path:
-    """Create ``path`` if needed and check that files can be created in it; a ValueError that names
-    the path otherwise (it is a file, or read-only, or its parent is)."""
+def check_writable_folder(path: "str | os.PathLike", what: str = "output folder", create: bool = True) -> Path:
+    """Check that files can be created in the folder ``path`` (created when ``create``; otherwise
+    nothing is left behind: the nearest existing folder on the way is probed). A ValueError that
+    names the path otherwise (it is a file, a part of it is a file, or it is read-only)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: the {what} is a file, not a folder; choose another path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{path}: the {what} cannot be created: {existing} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = temporary_name(path / "write-test")
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        probe = temporary_name(existing / "write-test")
         probe.touch()
         probe.unlink()
-    except FileExistsError:
-        raise ValueError(f"{path}: the {what} cannot be created: a part of the path is a file") from None
-    except NotADirectoryError:
+    except (FileExistsError, NotADirectoryError):
         raise ValueError(f"{path}: the {what} cannot be created: a part of the path is a file") from None
     except PermissionError:
         raise ValueError(f"{path}: the {what} is not writable (permission denied); choose another "

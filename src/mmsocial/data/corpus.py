@@ -410,7 +410,7 @@ def check_new_folder(path: str | os.PathLike, what: str = "corpus") -> Path:
                               f"only into a new or empty folder, so that nothing there is overwritten; "
                               f"choose another --out or remove the folder")
     try:
-        check_writable_folder(path.parent if not path.is_dir() else path, "output folder")
+        check_writable_folder(path, "output folder", create=False)
     except ValueError as e:
         raise CorpusError(str(e)) from None
     return path
