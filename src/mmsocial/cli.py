@@ -10,7 +10,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -27,10 +26,10 @@ class _OneLineErrors(TyperGroup):
     mistake (bad input, config, path), 1 for anything else (a bug), 130 when interrupted. The
     Python traceback is shown only with ``mmsocial --debug ...``."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors: click's own message, exit 2
             raise
         except KeyboardInterrupt:
             if _STATE["debug"]:
