@@ -210,8 +210,8 @@ def test_two_writers_of_one_store_never_corrupt_it(tmp_path):
     assert first.poll() is None, "the first writer finished before the second started"
     second = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    out1, err1 = first.communicate(timeout=60)
-    out2, err2 = second.communicate(timeout=60)
+    out1, err1 = first.communicate(timeout=600)
+    out2, err2 = second.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert out1.startswith("WROTE") and out2.startswith("CACHED"), (out1, out2)
     assert "waiting for it to finish" in err2
