@@ -12,17 +12,24 @@ from mmsocial.models.baselines.averaging import average_by_user
 
 def test_interest_probe_equals_cross_val_score():
     from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.array(["shoes", "fashion", "hospitality"]), [12, 15, 20])
     centres = {"shoes": 0.0, "fashion": 0.6, "hospitality": -0.6}
     x = rng.normal(size=(len(y), 8)) + np.array([centres[c] for c in y])[:, None]
+    x[:, 0] *= 100.0  # one dimension on another scale: the scaler matters
     for seed in (0, 3):
-        mine = interest_f1(x, y, C=1.0, folds=5, seed=seed)
-        theirs = cross_val_score(LinearSVC(C=1.0, max_iter=10000), x, y,
-                                 cv=StratifiedKFold(5, shuffle=True, random_state=seed), scoring="f1_macro").mean()
+        cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+        mine = interest_f1(x, y, C=1.0, folds=5, seed=seed, standardize=False)
+        theirs = cross_val_score(LinearSVC(C=1.0, max_iter=10000), x, y, cv=cv, scoring="f1_macro").mean()
         assert mine == pytest.approx(theirs, abs=1e-12)
+        mine = interest_f1(x, y, C=1.0, folds=5, seed=seed)
+        theirs = cross_val_score(make_pipeline(StandardScaler(), LinearSVC(C=1.0, max_iter=10000)), x, y, cv=cv,
+                                 scoring="f1_macro").mean()
+        assert mine == pytest.approx(theirs, abs=1e-9)
     assert 0.0 < mine < 1.0
 
 

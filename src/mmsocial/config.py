@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 __all__ = [
     "ConfigError", "StrictModel", "SyntheticSpec", "ExperimentConfig", "EarlyStoppingConfig", "TrainConfig",
-    "load_config", "parse_overrides", "apply_overrides", "save_config",
+    "load_config", "parse_overrides", "apply_overrides", "save_config", "partial_model",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -76,6 +76,17 @@ class TrainConfig(StrictModel):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ValueError("nesterov needs optimizer='sgd' and momentum > 0")
         return self
+
+
+def partial_model(model: type[StrictModel], name: str) -> type[StrictModel]:
+    """A model with ``model``'s fields, each optional with default None: the typed shape of a
+    section of overrides (e.g. a system config's ``train:``). Key names and types are checked
+    here; the values' ranges are checked when the overrides are applied to ``model``.
+    ``overrides.model_dump(exclude_unset=True)`` gives only the keys that were written."""
+    fields = {n: (Optional[f.annotation], Field(None, description=f.description))
+              for n, f in model.model_fields.items()}
+    return create_model(name, __base__=StrictModel, __doc__=f"Overrides of {model.__name__} (None = "
+                        f"not overridden).", **fields)
 
 
 class SyntheticSpec(StrictModel):

@@ -81,9 +81,10 @@ class DU2MCEConfig:
 PRESETS: dict[str, dict] = {
     "default": {},
     "paper": {},
-    # CPU-sized, same structure: MobileNetV2 pooled 1280, narrower Kim CNN, D = 256, 100-d word2vec/users
+    # CPU-sized, same structure: MobileNetV2 pooled 1280, narrower Kim CNN, D = 256, 100-d word2vec/users;
+    # batches of 100 posts so that a 2000-post corpus still gives 14 steps an epoch
     "small": dict(image_dim=1280, word_dim=100, filters=(128, 64, 64), user_dim=100, embed_dim=256,
-                  batch_size=250, epochs=15, lr_step=10),
+                  batch_size=100, epochs=12, lr_step=8),
     "tiny": dict(image_dim=16, word_dim=8, max_length=6, filters=(8, 4, 4), user_dim=8, embed_dim=12,
                  batch_size=16, epochs=2, lr_step=1),
 }

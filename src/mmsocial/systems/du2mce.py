@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,8 +303,7 @@ def prepare(corpus: Corpus, cfg: Config, regions=None) -> DU2MCEData:
         raise CorpusError(f"{corpus.root or corpus.name}: only {int(keep.sum())} posts keep an image or an "
                           f"in-vocabulary text; DU2MCE needs more")
     kept = np.flatnonzero(keep)
-    ids, tok, lengths = encode_texts([kept_tokens[i] for i in kept], vocab, mcfg.max_length)
-    del lengths
+    tok, _ = encode_texts([kept_tokens[i] for i in kept], vocab, mcfg.max_length)
     word_vectors, found = embedding_matrix(vocab, [], wv, seed=cfg.split_seed)
     log.info("word2vec: %d of %d vocabulary words have a vector", found, len(vocab) - 2)
     feat = np.zeros((len(kept), img_feat.shape[1] if len(img_ids) else 1), dtype=np.float32)
@@ -316,7 +314,7 @@ def prepare(corpus: Corpus, cfg: Config, regions=None) -> DU2MCEData:
     users = sorted({u for u, s in zip(uid, split) if u is not None and s == "train"})
     uindex = {u: i for i, u in enumerate(users)}
     user = np.array([uindex.get(u, -1) if u is not None else -1 for u in uid], dtype=np.int64)
-    post_w2v = (word_vectors[ids].sum(1) / np.maximum((ids > 0).sum(1, keepdims=True), 1)).astype(np.float32)
+    post_w2v = (word_vectors[tok].sum(1) / np.maximum((tok > 0).sum(1, keepdims=True), 1)).astype(np.float32)
     tr = (split == "train") & (user >= 0) & has_text_all[kept]
     from mmsocial.models.baselines.averaging import average_by_user
 
@@ -626,5 +624,3 @@ def add_commands(groups) -> None:
         typer.echo(json.dumps({kk: v for kk, v in summary.items() if kk != "clusters"}, indent=1))
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", name)
