@@ -93,13 +93,14 @@ def data_openclipart(out: Path = typer.Option(Path("data/openclipart"), help="co
 
 @data_app.command("jsonl")
 def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to write"),
-               images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to")):
+               images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to"),
+               users: Optional[Path] = typer.Option(None, help="JSONL users file: user_id, name, interest")):
     """Build a corpus from a JSONL file, one post a line (see docs/data.md for the fields)."""
     from mmsocial.data.corpus import CorpusError
     from mmsocial.data.jsonl import read_jsonl_corpus
 
     try:
-        c = read_jsonl_corpus(file, images_root=images_root)
+        c = read_jsonl_corpus(file, images_root=images_root, users_file=users)
     except CorpusError as e:
         _fail(str(e))
     c.save(out)
