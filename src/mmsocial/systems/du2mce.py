@@ -229,8 +229,9 @@ def pooled_features(corpus: Corpus, cfg: Config, post_ids: list[str], regions=No
 
         regions = extract_features(corpus, "regions", cfg.backbone, cfg.image_size, weights=cfg.weights,
                                    progress=False)
-    rows = regions.rows(post_ids) if hasattr(regions, "rows") else None
-    array = regions.data if hasattr(regions, "data") else regions
+    is_store = hasattr(regions, "rows") and hasattr(regions, "post_ids")  # a FeatureSet, else an array
+    rows = regions.rows(post_ids) if is_store else None
+    array = regions.data if is_store else np.asarray(regions)
     if rows is None:
         index = {p: i for i, p in enumerate(corpus.posts["post_id"])}
         rows = np.array([index[p] for p in post_ids], dtype=np.int64)
