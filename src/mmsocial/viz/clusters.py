@@ -29,9 +29,11 @@ def cluster_users(user_embeddings: np.ndarray, k: int = 50, seed: int = 0) -> tu
 
 
 def cluster_words(post_words: list, post_user: list, labels: np.ndarray, drop_top: int = 200) -> list[Counter]:
-    """Word frequencies of each cluster's users' posts, without the corpus's ``drop_top`` most common words."""
+    """Word frequencies of each cluster's users' posts, without the corpus's ``drop_top`` most common words
+    (at most a quarter of the distinct words: a small vocabulary, like the synthetic corpus's ~120 words,
+    would otherwise lose every word)."""
     corpus = Counter(w for words in post_words for w in words)
-    common = {w for w, _ in corpus.most_common(drop_top)}
+    common = {w for w, _ in corpus.most_common(min(drop_top, len(corpus) // 4))}
     out = [Counter() for _ in range(int(labels.max()) + 1 if len(labels) else 0)]
     for words, u in zip(post_words, post_user):
         if u is not None and u >= 0:
