@@ -5,7 +5,7 @@ import pytest
 
 from mmsocial.data.splits import du2mce_split, near_duplicate_images
 from mmsocial.eval.probes import interest_f1
-from mmsocial.eval.protocols_du2mce import (RetrievalTask, joint_rank, mean_median_ranks, random_rank, retrieval_row,
+from mmsocial.eval.protocols.du2mce import (RetrievalTask, joint_rank, mean_median_ranks, random_rank, retrieval_row,
                                             table2, table4_row, zeroshot_row)
 from mmsocial.models.baselines.averaging import average_by_user
 

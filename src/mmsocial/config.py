@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -83,8 +83,8 @@ def partial_model(model: type[StrictModel], name: str) -> type[StrictModel]:
     section of overrides (e.g. a system config's ``train:``). Key names and types are checked
     here; the values' ranges are checked when the overrides are applied to ``model``.
     ``overrides.model_dump(exclude_unset=True)`` gives only the keys that were written."""
-    fields = {n: (Optional[f.annotation], Field(None, description=f.description))
-              for n, f in model.model_fields.items()}
+    fields = {n: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation],
+                  Field(None, description=f.description)) for n, f in model.model_fields.items()}
     return create_model(name, __base__=StrictModel, __doc__=f"Overrides of {model.__name__} (None = "
                         f"not overridden).", **fields)
 
@@ -119,6 +119,8 @@ def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the model's fields)"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
 

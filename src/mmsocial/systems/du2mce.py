@@ -373,7 +373,7 @@ def tasks_of(data: DU2MCEData, split: str, x_I, x_T, x_U, which=None) -> dict:
     """The retrieval tasks on ``split`` (§4.2): text -> user and image -> user over the K users,
     image -> text over the texts of the split's posts that have both. ``x_I``/``x_T`` are rows of the
     split's posts (None: task skipped); ``x_U`` (K, E)."""
-    from mmsocial.eval.protocols_du2mce import RetrievalTask
+    from mmsocial.eval.protocols.du2mce import RetrievalTask
 
     idx = data.idx(split)
     hi, ht, u = data.has_image[idx], data.has_text[idx], data.user[idx]
@@ -392,7 +392,7 @@ def tasks_of(data: DU2MCEData, split: str, x_I, x_T, x_U, which=None) -> dict:
 
 
 def _selected_tasks(mcfg) -> tuple[str, ...]:
-    from mmsocial.eval.protocols_du2mce import TASK_OF_PAIR
+    from mmsocial.eval.protocols.du2mce import TASK_OF_PAIR
 
     return tuple(TASK_OF_PAIR[p] for p in mcfg.active_pairs())
 
@@ -402,7 +402,7 @@ def train_model(data: DU2MCEData, cfg: Config, lambdas, out_dir: Path, seed: int
     """Train one DU2MCE model on the training posts with the shared trainer; the kept epoch has the lowest
     validation normalised joint mean median rank over ``selection_tasks`` (default: the tasks with λ > 0).
     ``model``: continue from this model (Bridging-Modality's second stage) with ``lambdas``."""
-    from mmsocial.eval.protocols_du2mce import joint_rank, mean_median_ranks
+    from mmsocial.eval.protocols.du2mce import joint_rank, mean_median_ranks
     from mmsocial.models.du2mce import DU2MCELoss
     from mmsocial.train.data import FeatureDataset
     from mmsocial.train.trainer import train
@@ -465,7 +465,7 @@ def _history_and_selection(result, stage: Optional[str] = None) -> tuple[list[di
 
 # ---------------------------------------------------------------------------- tables and cells
 def new_tables(cfg: Config, data: DU2MCEData) -> dict[str, ResultTable]:
-    from mmsocial.eval.protocols_du2mce import table2, table3, table4, zeroshot_table
+    from mmsocial.eval.protocols.du2mce import table2, table3, table4, zeroshot_table
 
     n_int = sum(x is not None for x in data.interest)
     classes = len({x for x in data.interest if x is not None})
@@ -526,7 +526,7 @@ def embeddings_of_row(row: str, seed: int, data: DU2MCEData, cfg: Config, workdi
 
 def run_cell(row: str, seed: int, data: DU2MCEData, cfg: Config, workdir: Path) -> Cell:
     """Train (or average) one row with one seed; its metrics in every table it belongs to."""
-    from mmsocial.eval.protocols_du2mce import retrieval_row, table4_row, user_interest, zeroshot_row
+    from mmsocial.eval.protocols.du2mce import retrieval_row, table4_row, user_interest, zeroshot_row
 
     if row not in ROWS:
         raise ValueError(f"unknown DU2MCE row {row!r}; choose from {list(ROWS)}")
