@@ -159,7 +159,7 @@ def model_config(cfg: Config, lambdas, variant: str = "du2mce", **from_data):
 
 def train_config(cfg: Config, mcfg, seed: int) -> TrainConfig:
     """Adam, lr ×γ every ``lr_step`` epochs (§4.3), then ``cfg.train``; the kept epoch per ``cfg.selection``."""
-    overrides = cfg.train.model_dump(exclude_unset=True)
+    overrides = {k: v for k, v in cfg.train.model_dump(exclude_unset=True).items() if v is not None}
     if cfg.selection and "early_stopping" not in overrides:
         overrides["early_stopping"] = {"metric": cfg.selection, "mode": "min", "patience": mcfg.epochs}
     return load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": "adam", "lr": mcfg.lr,
