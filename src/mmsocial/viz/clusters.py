@@ -121,8 +121,10 @@ def _draw(path: Path, cluster: dict, freq: Counter, corpus) -> Path:
 
     ids = cluster["nearest_images"]
     n = max(len(ids), 1)
-    fig = plt.figure(figsize=(3 + 1.6 * n, 3.6))
-    grid = fig.add_gridspec(2, n + 2)
+    rows = 2 if n > 3 else 1
+    cols = -(-n // rows)
+    fig = plt.figure(figsize=(3.6 + 1.8 * cols, 3.6))
+    grid = fig.add_gridspec(rows, cols + 2)
     ax = fig.add_subplot(grid[:, :2])
     cloud = word_cloud_image(freq)
     if cloud is not None:
@@ -133,8 +135,7 @@ def _draw(path: Path, cluster: dict, freq: Counter, corpus) -> Path:
     top = ", ".join(f"{k} {v}" for k, v in list(cluster["interests"].items())[:3])
     ax.set_title(f"cluster {cluster['cluster']}: {cluster['size']} users" + (f"\n{top}" if top else ""), fontsize=9)
     for j, pid in enumerate(ids):
-        a = fig.add_subplot(grid[j // max(1, (n + 1) // 2), 2 + j % max(1, (n + 1) // 2)]) if n > 3 else \
-            fig.add_subplot(grid[:, 2 + j])
+        a = fig.add_subplot(grid[j // cols, 2 + j % cols])
         if corpus is not None:
             try:
                 im = corpus.open_image(pid)
