@@ -592,7 +592,7 @@ def save_run(run_dir: Path, data: DU2MCEData, model, corpus: Corpus) -> None:
 
 DEMO_SETTINGS: Mapping[str, Any] = {
     "system": NAME, "seeds": [0], "name": "demo", "preset": "small", "tables": ["table4"],
-    "rows": ["Bridging-Modality", MAIN_ROW], "model": {"epochs": 6}, "train": {"progress": False}}
+    "rows": ["Bridging-Modality", MAIN_ROW], "model": {"epochs": 4}, "train": {"progress": False}}
 
 
 def demo(corpus_dir: Path, workdir: Path):

@@ -34,7 +34,7 @@ class RetrievalTask:
 
 
 def table2(title: str = "Table 2: cross-modal retrieval, mean median rank") -> ResultTable:
-    return ResultTable(title, TABLE2_METRICS, percent=False, digits=1, row_header="Model (λ1, λ2, λ3)")
+    return ResultTable(title, TABLE2_METRICS, percent=False, digits=3, row_header="Model (λ1, λ2, λ3)")
 
 
 def table3(title: str = "Table 3: user interest from user embeddings") -> ResultTable:
