@@ -83,7 +83,7 @@ def fit_fc_classifier(train_emb, train_labels, val_emb=None, val_labels=None, hi
 
 
 def interest_f1(embeddings, labels, C: float = 1.0, folds: int = 5, seed: int = 0, average: str = "macro",
-                standardize: bool = True, max_iter: int = 10000) -> float:
+                standardize: bool = True, max_iter: int = 1000) -> float:
     """DU2MCE Table 3: mean F1 over ``folds`` stratified folds of a linear SVM (scikit-learn LinearSVC, C)
     trained on the other folds. ``labels``: one class per user (multi-class); F1 averaged over the
     classes with ``average`` ("macro" by default). The folds are shuffled with ``seed``. ``standardize``:
