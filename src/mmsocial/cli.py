@@ -183,13 +183,14 @@ def data_openclipart(out: Path = typer.Option(Path("data/openclipart"), help="co
 def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to write (new or empty)"),
                images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to"),
                allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="accept relative "
-                                                       "image paths that lead outside --images-root")):
+                                                       "image paths that lead outside --images-root"),
+               users: Optional[Path] = typer.Option(None, help="JSONL users file: user_id, name, interest")):
     """Build a corpus from a JSONL file, one post a line (see docs/data.md for the fields)."""
     from mmsocial.data.corpus import check_new_folder, save_new_corpus
     from mmsocial.data.jsonl import read_jsonl_corpus
 
     check_new_folder(out)  # before reading: a folder with files is never written into
-    c = read_jsonl_corpus(file, images_root=images_root, allow_outside_root=allow_outside_root)
+    c = read_jsonl_corpus(file, images_root=images_root, allow_outside_root=allow_outside_root, users_file=users)
     save_new_corpus(c, out)
     typer.echo(c.describe())
 
