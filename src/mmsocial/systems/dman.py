@@ -183,11 +183,20 @@ class DMANData:
         return np.flatnonzero(self.split == split)
 
     def region_block(self, idx: np.ndarray) -> np.ndarray:
-        rows = self.region_rows[idx]
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *self.regions.shape[1:]), dtype=np.float32)
-        out[order] = self.regions[rows[order]]
-        return out
+        """The region grids of kept posts ``idx`` as float32 (read in row order; keep ``idx`` small)."""
+        from mmsocial.features.store import read_rows
+        from mmsocial.train.data import sorted_row_reader
+
+        return read_rows(self.regions, self.region_rows[idx], np.float32, sorted_row_reader(self.regions))
+
+    def features(self, split: str):
+        """A FeatureDataset over the posts of ``split``: item i = {"regions": (D, M), "tags": (L,)}
+        of ``idx(split)[i]``, read from the (memory-mapped) store one batch at a time."""
+        from mmsocial.train.data import FeatureDataset
+
+        idx = self.idx(split)
+        return FeatureDataset({"regions": self.regions, "tags": self.tags},
+                              rows={"regions": self.region_rows[idx], "tags": idx})
 
     def pooled(self, idx: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Mean of the region grid: the pooled CNN vector the baselines see."""
@@ -259,18 +268,16 @@ def link_graph(data: DMANData, split: str, max_links: int, seed: int):
 
 
 # ---------------------------------------------------------------------------- DMAN training
-def batch_loss(loss_fn, regions: torch.Tensor, tags: torch.Tensor, k: int):
-    """Loss of one triplet batch laid out as [anchors (B), positives (B), negatives (B*K)] rows."""
+def batch_loss(loss_fn):
+    """Loss of one triplet batch as ``train.data.TripletFeatures`` reads it: regions and tags of the
+    B anchors then the B positives, and ``slots`` (B, K), the negatives' positions among the anchors
+    (negatives are anchors of the batch, §3.2, so their embeddings are the anchors'). The hinge is
+    the mean over the B·K (anchor, negative) terms; the BCE is over the 2B anchors and positives."""
     def loss(model, batch):
-        rows = batch["row"]
-        b = len(rows) // (2 + k)
-        anchors, negatives = rows[:b], rows[2 * b:].view(b, k)
-        order = torch.argsort(anchors)
-        slots = order[torch.searchsorted(anchors[order], negatives)]  # negatives are batch anchors (§3.2)
-        device = rows.device
-        y = model(regions[rows[:2 * b].cpu()].to(device))
-        ya, yp = y[:b], y[b:]
-        return loss_fn(ya, yp, ya[slots], y, tags[rows[:2 * b].cpu()].to(device))
+        slots = batch["slots"]
+        y = model(batch["regions"])
+        ya, yp = y[:len(slots)], y[len(slots):]
+        return loss_fn(ya, yp, ya[slots], y, batch["tags"])
     return loss
 
 
@@ -288,42 +295,38 @@ def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: 
     """Train one DMAN variant on the training posts with the shared trainer; returns (model, TrainResult)."""
     from mmsocial.data.graph import TripletSampler
     from mmsocial.models.dman import DMANLoss, dman
-    from mmsocial.train.data import FeatureDataset
-    from mmsocial.train.trainer import train
+    from mmsocial.train.data import TripletFeatures, as_is
+    from mmsocial.train.trainer import move_to_device, train
 
-    tr = data.idx("train")
     from_data = {"num_words": data.tags.shape[1], "region_dim": data.regions.shape[2],
                  "num_regions": data.regions.shape[1]}
     mcfg = model_config(cfg, variant, **from_data)
     torch.manual_seed(seed)
     model = dman(cfg.preset, variant=variant, **{**cfg.model.overrides(), **from_data})
     tcfg = train_config(cfg, mcfg, seed)
-    regions = torch.from_numpy(data.region_block(tr))
-    tags = torch.from_numpy(data.tags[tr])
     graph = link_graph(data, "train", cfg.max_links, seed)
 
     def sampler_factory(epoch, rank, world_size):
         s = TripletSampler(graph, tcfg.batch_size, mcfg.k_negatives, seed, rank, world_size)
         s.set_epoch(epoch)
-        return [np.concatenate([b.anchors, b.positives, b.negatives.ravel()]) for b in s]
+        return list(s)  # TripletBatches as they are; TripletFeatures streams their rows from the store
 
     loss_fn = DMANLoss(mcfg)
     evaluate = None
     va = data.idx("val")
     val_graph = link_graph(data, "val", cfg.max_links, seed) if len(va) > mcfg.k_negatives + 1 else None
-    if val_graph is not None and (val_graph.degree > 0).sum() > mcfg.k_negatives + 1:
-        val_regions, val_tags = torch.from_numpy(data.region_block(va)), torch.from_numpy(data.tags[va])
-        val_batches = [np.concatenate([b.anchors, b.positives, b.negatives.ravel()])
-                       for b in TripletSampler(val_graph, tcfg.batch_size, mcfg.k_negatives, seed)]
-        val_loss = batch_loss(loss_fn, val_regions, val_tags, mcfg.k_negatives)
+    val_batches = list(TripletSampler(val_graph, tcfg.batch_size, mcfg.k_negatives, seed)) \
+        if val_graph is not None and (val_graph.degree > 0).sum() > mcfg.k_negatives + 1 else []
+    if val_batches:  # every one holds >= 1 triplet (the sampler skips empty ones), so no mean is NaN
+        val_data, val_loss = TripletFeatures(data.features("val")), batch_loss(loss_fn)
 
         def evaluate(m):
             dev = next(m.parameters()).device
-            parts = [val_loss(m, {"row": torch.as_tensor(b, device=dev)}) for b in val_batches]
+            parts = [val_loss(m, move_to_device(val_data.__getitems__(b), dev)) for b in val_batches]
             return {f"val_{k}": float(np.mean([p[k].item() for p in parts])) for k in ("loss", "hinge", "bce")}
 
-    result = train(model, FeatureDataset({"row": np.arange(len(tr))}), batch_loss(loss_fn, regions, tags,
-                   mcfg.k_negatives), tcfg, out_dir, evaluate=evaluate, sampler_factory=sampler_factory,
+    result = train(model, TripletFeatures(data.features("train")), batch_loss(loss_fn), tcfg, out_dir,
+                   evaluate=evaluate, collate_fn=as_is, sampler_factory=sampler_factory,
                    resume=False, run_config={"dman": mcfg.to_dict()})
     if tcfg.early_stopping.metric and result.best_checkpoint is not None:
         from mmsocial.train.checkpoint import load_checkpoint
