@@ -10,9 +10,11 @@ All three share ``fit(X, Y)``, ``transform_x(X)``, ``transform_y(Y)``, ``transfo
 - DCCA (Andrew et al. 2013): two MLPs trained to maximise the total canonical correlation of their
   outputs, then a linear CCA on the outputs.
 
-How a baseline embeds a post (used by the DMAN protocols, see docs/dman.md): Table 2 concatenates
-both projected views, ``transform(X, Y)``; Table 3 projects the one-hot tag query with ``transform_y``
-and ranks the images' ``transform_x`` by Euclidean distance.
+How a baseline embeds a post (used by the DMAN protocols, see docs/dman.md): Table 2 uses the image
+view's projection ``transform_x(X)`` by default (like DMAN, whose embedding sees the image only;
+``baseline_embedding: both`` in the DMAN config concatenates both projected views, ``transform(X, Y)``);
+Table 3 projects the one-hot tag query with ``transform_y`` and ranks the images' ``transform_x`` by
+Euclidean distance.
 """
 
 from __future__ import annotations
