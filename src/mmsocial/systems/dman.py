@@ -224,33 +224,85 @@ class DMANData:
                 f"regions {tuple(self.regions.shape[1:])}")
 
 
-def prepare(corpus: Corpus, cfg: Config, regions=None) -> DMANData:
-    """Split, vocabularies, tag/label vectors and the cached region grids (extracted if missing).
-    ``regions``: a FeatureSet or (N, D, M) array aligned with the corpus, to skip the extraction."""
-    from mmsocial.data.splits import dman_split
-    from mmsocial.features.text import tag_vectors, top_tags
+@dataclass
+class Selection:
+    """DMAN's preparation of a corpus (§4.1), before any feature is read: see ``select_posts``."""
 
+    keep: np.ndarray  # (len(corpus),) bool: image, >= 1 label, >= 1 vocabulary tag
+    split: np.ndarray  # (kept,) "train" / "val" / "test"
+    tag_vocabulary: list[str]  # the L most frequent training tags, most frequent first
+    label_vocabulary: list[str]  # sorted labels of the kept posts
+    tags: np.ndarray  # (kept, L) float32 multi-hot
+    labels: np.ndarray  # (kept, C) float32 multi-hot
+
+
+def select_posts(corpus: Corpus, num_tags: int, split_seed: int = 0, val_fraction: float = 0.1) -> Selection:
+    """The one DMAN recipe (used by ``prepare`` and ``prepare_corpus``), after the paper's §4.1:
+
+    1. every post of the corpus is split train/test 4:1 at random (``data.splits.dman_split``,
+       ``split_seed``), then ``val_fraction`` of train becomes validation: 72/8/20 with the default
+       0.1 (the paper: 4:1 and no validation split);
+    2. the tag vocabulary is the ``num_tags`` tags held by most *training* posts (document frequency,
+       ``data.vocab``: a tag counts once per post; ties alphabetical), so no test tag leaks into it;
+    3. kept: posts with an image, at least one label and at least one vocabulary tag (the split of
+       step 1 is kept, so the kept posts are about 72/8/20);
+    4. the label vocabulary is the sorted labels of the kept posts.
+    """
+    from mmsocial.data.splits import dman_split
+    from mmsocial.data.vocab import frequency_vocabulary, multi_hot
+
+    if num_tags < 1:
+        raise ValueError(f"num_tags must be >= 1, got {num_tags}")
     posts = corpus.posts
-    split = dman_split(corpus, cfg.split_seed)
-    rng = np.random.default_rng([cfg.split_seed, 1])
+    split = dman_split(corpus, split_seed)
+    rng = np.random.default_rng([split_seed, 1])
     train = np.flatnonzero(split == "train")
-    split[rng.choice(train, int(round(cfg.val_fraction * len(train))), replace=False)] = "val"
-    vocab = top_tags(posts["tags"][split == "train"], cfg.num_tags)
-    tags = tag_vectors(list(posts["tags"]), vocab)
+    split[rng.choice(train, int(round(val_fraction * len(train))), replace=False)] = "val"
+    vocab = frequency_vocabulary(posts["tags"][split == "train"], num_tags)
+    tags = multi_hot(list(posts["tags"]), vocab)
     keep = posts["image"].notna().to_numpy() & (posts["labels"].map(len).to_numpy() > 0) & (tags.sum(1) > 0)
+    label_vocab = sorted({lab for labs in posts["labels"][keep] for lab in labs})
+    labels = multi_hot(list(posts["labels"][keep]), label_vocab)
+    return Selection(keep, split[keep], vocab, label_vocab, tags[keep], labels)
+
+
+def prepare_corpus(corpus: Corpus, cfg: Config) -> Corpus:
+    """The corpus DMAN trains on, as a Corpus to save or inspect: ``select_posts``' posts, their tags
+    restricted to the vocabulary, ``split`` train/val/test, ``meta["vocabularies"]`` and
+    ``meta["preparation"]``. (``prepare`` uses the same selection.)"""
+    sel = select_posts(corpus, cfg.num_tags, cfg.split_seed, cfg.val_fraction)
+    if not sel.keep.any():
+        raise CorpusError(f"{corpus.root or corpus.name}: no post has an image, a label and a tag among "
+                          f"the top {cfg.num_tags}")
+    kept = corpus.filter(sel.keep)
+    posts = kept.posts.copy()
+    in_vocab = set(sel.tag_vocabulary)
+    posts["tags"] = posts["tags"].map(lambda ts: [t for t in ts if t in in_vocab])
+    posts["split"] = sel.split
+    meta = {**kept.meta, "vocabularies": {"tags": sel.tag_vocabulary, "labels": sel.label_vocabulary},
+            "preparation": {"recipe": "dman", "num_tags": cfg.num_tags, "split_seed": cfg.split_seed,
+                            "val_fraction": cfg.val_fraction, "posts_before": len(corpus),
+                            "posts_after": int(sel.keep.sum())}}
+    return Corpus(posts, kept.users, kept.links, meta, kept.root)
+
+
+def prepare(corpus: Corpus, cfg: Config, regions=None) -> DMANData:
+    """``select_posts``, then the cached region grids (extracted if missing), memory-mapped: training
+    streams them batch by batch. ``regions``: a FeatureSet or (N, D, M) array aligned with the
+    corpus, to skip the extraction."""
+    sel = select_posts(corpus, cfg.num_tags, cfg.split_seed, cfg.val_fraction)
+    keep = sel.keep
     if keep.sum() < 10:
         raise CorpusError(f"{corpus.root or corpus.name}: only {keep.sum()} posts have an image, a label and "
                           f"a tag among the top {cfg.num_tags}; DMAN needs labelled, tagged images")
-    label_vocab = sorted({lab for labs in posts["labels"][keep] for lab in labs})
-    labels = tag_vectors(list(posts["labels"][keep]), label_vocab)
-    ids = posts["post_id"][keep].tolist()
+    ids = corpus.posts["post_id"][keep].tolist()
     if regions is None:
         from mmsocial.features.extract import extract_features
 
         regions = extract_features(corpus, "regions", cfg.backbone, cfg.image_size, weights=cfg.weights)
     rows = regions.rows(ids) if hasattr(regions, "rows") else np.flatnonzero(keep)
     array = regions.data if hasattr(regions, "data") else regions
-    out = DMANData(ids, split[keep], array, rows, tags[keep], labels, vocab, label_vocab)
+    out = DMANData(ids, sel.split, array, rows, sel.tags, sel.labels, sel.tag_vocabulary, sel.label_vocabulary)
     for s in ("train", "test"):
         if len(out.idx(s)) == 0:
             raise CorpusError(f"{corpus.root or corpus.name}: no {s} post left after filtering")

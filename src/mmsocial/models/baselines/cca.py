@@ -25,16 +25,12 @@ from sklearn.kernel_approximation import Nystroem, RBFSampler
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmsocial.arrays import finite_2d
 from mmsocial.models.layers import mlp
 
 
 def _as_2d(a, name: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (items x features), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
+    return finite_2d(a, name, np.float64, min_rows=1)
 
 
 def _check_pair(X, Y) -> tuple[np.ndarray, np.ndarray]:
