@@ -5,9 +5,12 @@ protocols are ``eval/protocols/dman.py``.
     from mmsocial.experiment import run_experiment
     result = run_experiment("configs/dman/table2.yaml")      # or `mmsocial experiment ...`
 
-Recipe: corpus -> DMAN split (4:1, validation carved from train) -> top-L tag vectors -> cached
-region grids -> label graph over the training posts -> for each seed and row (CCA, KCCA, DCCA,
-DMAN_Triplet, DMAN_Triplet+Text, DMAN) train, embed, run both protocols.
+Recipe: corpus -> ``select_posts`` (split 4:1, a tenth of train kept for validation: 72/8/20; the
+top-L training tags by document frequency; posts with an image, a label and a vocabulary tag) ->
+cached region grids, memory-mapped -> label graph over the training posts -> for each seed and row
+(CCA, KCCA, DCCA, DMAN_Triplet, DMAN_Triplet+Text, DMAN) train, embed, run both protocols.
+Training streams the region grids of each TripletBatch from the feature store
+(``train.data.TripletFeatures``): no split is ever copied whole into RAM.
 """
 
 from __future__ import annotations
