@@ -514,7 +514,7 @@ def train(cfg: Config) -> Path:
 # The demo's shorter schedule: DMAN and its strongest baseline only (KCCA: best of the three in
 # Table 3 and within 0.5 point of DCCA in Table 2 on the synthetic corpus, and closed form), one
 # seed, DMAN 5 epochs instead of 15 (preset small), the FC probe 40 epochs instead of 100. On the
-# 2000-post synthetic corpus with cached features: ~80 CPU-seconds with one thread (docs/dman.md).
+# 2000-post synthetic corpus with cached features: 111 CPU-seconds with one thread (docs/dman.md).
 DEMO_SETTINGS: Mapping[str, Any] = {
     "system": NAME, "seeds": [0], "name": "demo", "preset": "small", "rows": ["KCCA", "DMAN"],
     "classifier": {"epochs": 40}, "model": {"epochs": 5}, "train": {"progress": False}}
