@@ -450,11 +450,9 @@ def _posts_to_arrow(posts: pd.DataFrame) -> pa.Table:
 
 
 def _by_frequency(lists: pd.Series) -> list[str]:
-    counts: dict[str, int] = {}
-    for lst in lists:
-        for t in lst:
-            counts[t] = counts.get(t, 0) + 1
-    return sorted(counts, key=lambda t: (-counts[t], t))
+    from mmsocial.data.vocab import frequency_vocabulary
+
+    return frequency_vocabulary(lists)
 
 
 def to_rgb(im):

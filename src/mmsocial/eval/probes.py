@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmsocial.arrays import finite_2d
 from mmsocial.models.layers import mlp
 
 __all__ = ["check_embeddings", "fit_fc_classifier", "interest_f1"]
@@ -20,12 +21,10 @@ __all__ = ["check_embeddings", "fit_fc_classifier", "interest_f1"]
 
 def check_embeddings(emb, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, E) finite float32 embeddings and (N, C) 0/1 float32 labels, or a ValueError naming ``name``."""
-    emb, labels = np.asarray(emb, dtype=np.float32), np.asarray(labels)
-    if emb.ndim != 2 or labels.ndim != 2 or len(emb) != len(labels):
+    emb, labels = finite_2d(emb, f"{name} embeddings", np.float32), finite_2d(labels, f"{name} labels")
+    if len(emb) != len(labels):
         raise ValueError(f"{name}: embeddings must be (N, E) and labels (N, C) with the same N, got "
                          f"{emb.shape} and {labels.shape}")
-    if not np.isfinite(emb).all():
-        raise ValueError(f"{name}: embeddings contain NaN or infinite values")
     return emb, (labels > 0).astype(np.float32)
 
 

@@ -131,11 +131,22 @@ class FeatureSet:
 
     def get(self, post_ids: Iterable[str], dtype=np.float32) -> np.ndarray:
         """Features of ``post_ids`` as an in-memory array (rows read in sorted order from the memmap)."""
-        rows = self.rows(post_ids)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *self.dims), dtype=dtype)
-        out[order] = self.data[rows[order]]
-        return out
+        return read_rows(self.data, self.rows(post_ids), dtype)
+
+
+def read_rows(array, rows, dtype=None, read_sorted: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """``array[rows]`` as an in-memory array of ``dtype``, with the rows read in ascending order
+    (one forward pass over a memory-mapped file) and put back in the order asked for.
+
+    ``read_sorted(sorted_rows)`` reads the rows (default ``array[sorted_rows]``); the streaming
+    dataset passes a ``pread`` reader (mmsocial.train.data). The one copy of this idiom.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    block = read_sorted(rows[order]) if read_sorted is not None else np.asarray(array[rows[order]])
+    out = np.empty(block.shape, dtype=dtype or block.dtype)
+    out[order] = block
+    return out
 
 
 def repair_command(path: "str | os.PathLike", manifest: dict) -> str:

@@ -221,6 +221,16 @@ def _loss_entries(out: Any, step: int) -> dict[str, torch.Tensor]:
     return entries
 
 
+def _batch(b: Any) -> Any:
+    """A batch from a sampler_factory: a list of dataset indices, or an object with ``num_examples``
+    (e.g. data.graph.TripletBatch) handed as it is to the dataset's ``__getitems__``."""
+    return b if hasattr(b, "num_examples") else [int(i) for i in b]
+
+
+def _examples(b: Any) -> int:
+    return int(b.num_examples) if hasattr(b, "num_examples") else len(b)
+
+
 def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
@@ -237,7 +247,9 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
 
     sampler_factory(epoch, rank, world_size) -> this rank's batches of dataset indices, for
     samplers that must build whole batches (triplets); it must be deterministic in its arguments
-    and give every rank the same number of batches. param_groups: optimiser groups (each may
+    and give every rank the same number of batches. A batch may also be an object with
+    ``num_examples`` (a data.graph.TripletBatch): the DataLoader hands it as it is to the dataset's
+    ``__getitems__`` (train.data.TripletFeatures; use ``collate_fn=train.data.as_is``). param_groups: optimiser groups (each may
     set its own "lr"); default all parameters. run_config: saved in each checkpoint's config.json
     (e.g. the model's hyper-parameters, to rebuild it later). resume: True continues from the
     last checkpoint in ``out_dir`` (a ConfigError when it cannot be continued exactly); "auto"
@@ -281,8 +293,8 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         if sampler_factory is None:
             return epoch_batches(n, cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                                  cfg.shuffle, cfg.drop_last)
-        batches = [[int(i) for i in b] for b in sampler_factory(epoch, info.rank, info.world_size)]
-        empty = [i for i, b in enumerate(batches) if not b]
+        batches = [_batch(b) for b in sampler_factory(epoch, info.rank, info.world_size)]
+        empty = [i for i, b in enumerate(batches) if not _examples(b)]
         if empty:
             raise ValueError(f"sampler_factory gave an empty batch (batch {empty[0]} of {len(batches)} in epoch "
                              f"{epoch}) for {n} training examples; the training set is probably too small for "
@@ -294,7 +306,10 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         return batches
 
     steps_per_epoch = len(batches_for(0))
+    # the schedule's length; a triplet sampler may give an epoch a batch more or less than epoch 0
+    # (it skips batches without any triplet), so the loop itself stops on epochs or max_steps
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
+    max_steps = cfg.max_steps or math.inf
 
     random.seed(cfg.seed + info.rank)
     np.random.seed((cfg.seed + info.rank) % 2**32)
@@ -422,13 +437,13 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     pbar = tqdm(total=int(total_steps), initial=step,
                 disable=not (info.is_main and cfg.progress), desc="train", dynamic_ncols=True)
     model.train()
-    while not stopped and step < total_steps and epoch < cfg.epochs:
+    while not stopped and step < max_steps and epoch < cfg.epochs:
         batches = batches_for(epoch)
         loader_seed = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
         loader = DataLoader(train_data, batch_sampler=batches[pos:], collate_fn=collate_fn,
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                             generator=loader_seed)
-        for batch_indices_len, batch in zip((len(b) for b in batches[pos:]), loader):
+        for batch_indices_len, batch in zip((_examples(b) for b in batches[pos:]), loader):
             batch = move_to_device(batch, device)
             factor = lr_factor(cfg, step, epoch, int(total_steps))
             for g in optimizer.param_groups:
@@ -468,7 +483,7 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
             end_of_epoch = pos == len(batches)
             if end_of_epoch:
                 epoch, pos = epoch + 1, 0
-            at_limit = step >= total_steps or epoch >= cfg.epochs
+            at_limit = step >= max_steps or epoch >= cfg.epochs
             do_eval = (cfg.eval_every > 0 and step % cfg.eval_every == 0) or \
                       (cfg.eval_every == 0 and end_of_epoch) or at_limit
             improved = False
