@@ -106,6 +106,65 @@ def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to 
     typer.echo(c.describe())
 
 
+# ---------------------------------------------------------------------------- dataset readers
+def _layout_help(summary: str, layout: str) -> str:
+    """A reader's --help: the summary, then the expected layout with its line breaks kept (click's \\b)."""
+    return f"{summary}\n\n\b\nExpected layout:\n" + layout.replace("\n\n", "\n")
+
+
+def _read_dataset(read, out: Path, **kwargs) -> None:
+    from mmsocial.data.corpus import CorpusError
+
+    try:
+        c = read(**kwargs)
+    except (CorpusError, ValueError) as e:
+        _fail(str(e))
+    c.save(out)
+    typer.echo(c.describe())
+
+
+from mmsocial.data.layouts import MIRFLICKR_LAYOUT, NUSWIDE_LAYOUT, VOC2007_LAYOUT  # noqa: E402
+
+
+@data_app.command("nus-wide", help=_layout_help("Build a corpus from NUS-WIDE as downloaded (ROOT = the folder "
+                                                "holding ImageList/, Groundtruth/, NUS_WID_Tags/).", NUSWIDE_LAYOUT))
+def data_nuswide(root: Path = typer.Argument(..., help="the unpacked NUS-WIDE folder"),
+                 out: Path = typer.Option(..., help="corpus folder to write"),
+                 images: Optional[Path] = typer.Option(None, help="image folder (default ROOT/Flickr)"),
+                 tags: str = typer.Option("auto", help="all (All_Tags.txt) | 1k (AllTags1k.txt) | auto")):
+    from mmsocial.data.readers import read_nuswide
+
+    _read_dataset(read_nuswide, out, root=root, images=images, tags=tags)
+
+
+@data_app.command("mirflickr", help=_layout_help("Build a corpus from MIRFlickr-25K as downloaded (ROOT = "
+                                                 "mirflickr/ or the folder holding it).", MIRFLICKR_LAYOUT))
+def data_mirflickr(root: Path = typer.Argument(..., help="mirflickr/, or the folder both archives were unpacked in"),
+                   out: Path = typer.Option(..., help="corpus folder to write"),
+                   annotations: Optional[Path] = typer.Option(None, help="annotation folder (default: the "
+                                                              "sibling mirflickr25k_annotations_v080/)"),
+                   label_set: str = typer.Option("relevant", help="relevant (14 _r1 concepts) | potential (24) | both")):
+    from mmsocial.data.readers import read_mirflickr
+
+    _read_dataset(read_mirflickr, out, root=root, annotations=annotations, label_set=label_set)
+
+
+@data_app.command("voc2007", help=_layout_help("Build a corpus from PASCAL VOC 2007 and the LEAR Flickr tags as "
+                                               "downloaded (ROOT = VOCdevkit/VOC2007 or a folder holding "
+                                               "VOCdevkit/).", VOC2007_LAYOUT))
+def data_voc2007(root: Path = typer.Argument(..., help="VOCdevkit/VOC2007, or the folder holding VOCdevkit/"),
+                 out: Path = typer.Option(..., help="corpus folder to write"),
+                 tags: Optional[Path] = typer.Option(None, help="folder of the pascal07_* tag files (default: "
+                                                     "searched in ROOT, VOC2007/, the VOCdevkit parent, sub-folders)"),
+                 no_tags: bool = typer.Option(False, "--no-tags", help="read VOC without tags"),
+                 tag_set: str = typer.Option("pascal07", help="prefix of the LEAR tag files"),
+                 include_difficult: bool = typer.Option(True, help="count objects marked difficult as labels")):
+    from mmsocial.data.readers import read_voc2007
+
+    _read_dataset(read_voc2007, out, root=root, tags_dir=tags, with_tags=not no_tags, tag_set=tag_set,
+                  include_difficult=include_difficult)
+
+
 # ---------------------------------------------------------------------------- features
 @features_app.command("extract")
 def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
