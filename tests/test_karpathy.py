@@ -59,3 +59,15 @@ def test_bad_split_and_no_sentence_name_the_image(tmp_path):
     (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(obj))
     with pytest.raises(CorpusError, match=r"images\[2\] \(1000268201.jpg\): no sentence"):
         read_karpathy(tmp_path)
+
+
+def test_cli_data_karpathy(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmsocial.cli import app
+
+    r = CliRunner().invoke(app, ["data", "karpathy", str(FIX / "coco"), "--out", str(tmp_path / "coco")])
+    assert r.exit_code == 0, r.output
+    assert len(Corpus.load(tmp_path / "coco")) == 2
+    r = CliRunner().invoke(app, ["data", "karpathy", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "looked for it in" in r.output

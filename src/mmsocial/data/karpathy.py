@@ -15,15 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from mmsocial.data.corpus import Corpus, CorpusError, make_posts
+from mmsocial.data.layouts import KARPATHY_LAYOUT  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-KARPATHY_LAYOUT = """\
-ROOT/
-  dataset_flickr30k.json | dataset_coco.json | dataset_flickr8k.json   (Karpathy's caption_datasets.zip)
-  flickr30k-images/<filename>            Flickr30K images (optional; or --images FOLDER)
-  train2014/<filename>, val2014/<filename>   COCO images under their "filepath" (optional; or --images FOLDER)
-"""
 FILES = {"flickr30k": "dataset_flickr30k.json", "coco": "dataset_coco.json", "flickr8k": "dataset_flickr8k.json"}
 IMAGE_DIRS = {"flickr30k": "flickr30k-images", "flickr8k": "Flicker8k_Dataset", "coco": ""}
 SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
