@@ -3,19 +3,56 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from mmsocial import systems
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect corpora.")
 features_app = typer.Typer(no_args_is_help=True, help="Extract and cache features.")
+viz_app = typer.Typer(no_args_is_help=True, help="Pictures of what a trained system does.")
+predict_app = typer.Typer(no_args_is_help=True, help="Run a trained system on new posts.")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(viz_app, name="viz")
+app.add_typer(predict_app, name="predict")
+# command groups a system may add commands to (its optional ``add_commands(GROUPS)``)
+GROUPS: dict[str, typer.Typer] = {"data": data_app, "features": features_app, "viz": viz_app,
+                                  "predict": predict_app}
 
-SYSTEMS = ("dman", "du2mce", "eisr", "bssan", "uhan")
+
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on the current stdout (resolved per record, so test runners that
+    swap sys.stdout see them), written around any progress bar on the screen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("mmsocial")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        handler = _EchoHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@app.callback()
+def _main() -> None:
+    """mmsocial: learning from social multimedia (see `mmsocial COMMAND --help`)."""
+    _configure_logging()
 
 
 def _fail(msg: str) -> None:
@@ -217,34 +254,37 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
 
 
 # ---------------------------------------------------------------------------- train / experiment
-# system -> (module, function(config, corpus, out, overrides) -> run folder); systems add a line here
-TRAINERS = {"dman": ("mmsocial.experiment", "train_dman_command")}
+SystemName = Enum("SystemName", {name: name for name in systems.names()}, type=str)
 
 
 @app.command("train")
-def train_cmd(system: str = typer.Argument(..., help=f"one of {', '.join(SYSTEMS)}"),
-              config: Path = typer.Option(..., help="YAML preset, e.g. configs/dman/small.yaml"),
-              corpus: Optional[Path] = typer.Option(None, help="corpus folder (overrides the config's)"),
+def train_cmd(system: SystemName = typer.Argument(..., help="a registered system"),
+              config: Path = typer.Option(..., help="YAML preset, e.g. configs/<system>/small.yaml"),
+              corpus: Optional[Path] = typer.Option(None, help="corpus folder (overrides the config's; "
+                                                    "never generated)"),
               out: Optional[Path] = typer.Option(None, help="run folder (default: the config's workdir)"),
-              override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set model.epochs=5")):
+              override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set train.epochs=5")):
     """Train one model of SYSTEM on a corpus; writes checkpoints, logs and vocabularies to the run folder."""
-    import importlib
-
-    from mmsocial.config import ConfigError
+    from mmsocial.config import ConfigError, load_config, parse_overrides
     from mmsocial.data.corpus import CorpusError
 
-    if system not in TRAINERS:
-        _fail(f"no trainer for system {system!r} yet; available: {sorted(TRAINERS)}")
-    module, name = TRAINERS[system]
+    module = systems.get(system.value)
     try:
-        run_dir = getattr(importlib.import_module(module), name)(config, corpus, out, override)
+        ov = parse_overrides(override)
+        if corpus is not None:
+            ov["corpus"] = str(corpus)
+            ov["synthetic"] = None  # a corpus named on the command line is used as it is, never generated
+        if out is not None:
+            ov["workdir"] = str(out)
+        cfg = load_config(config, module.Config, ov)  # a bad key or value fails before anything runs
+        run_dir = module.train(cfg)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"trained {system}: {run_dir}")
+    typer.echo(f"trained {module.TITLE}: {run_dir}")
 
 
 @app.command("experiment")
-def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/dman/table2.yaml"),
+def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/<system>/table2.yaml"),
                    override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set seeds=[0]")):
     """Train every row of a paper table over its seeds and print the table(s) (mean ± std)."""
     from mmsocial.config import ConfigError
@@ -261,10 +301,16 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
 @app.command()
 def demo(workdir: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
          posts: int = typer.Option(2000, help="synthetic corpus size")):
-    """The main job: corpus -> features -> every system that exists -> report."""
+    """The main job: corpus -> features -> every registered system -> report."""
     from mmsocial.demo import run_demo
 
     run_demo(workdir, posts=posts)
+
+
+# ---------------------------------------------------------------------------- systems' own commands
+for _module in systems.all_systems():
+    if hasattr(_module, "add_commands"):
+        _module.add_commands(GROUPS)
 
 
 def main() -> None:  # pragma: no cover
