@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmsocial.data.corpus import Corpus
-from mmsocial.eval.protocols_bssan import image_text_retrieval, pair_score_matrix, two_stage_scores
+from mmsocial.eval.protocols.bssan import image_text_retrieval, pair_score_matrix, two_stage_scores
 from mmsocial.systems import bssan as S
 
 

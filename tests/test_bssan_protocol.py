@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsocial.eval.protocols_bssan import (candidate_pairs, image_text_retrieval, pair_score_matrix,
+from mmsocial.eval.protocols.bssan import (candidate_pairs, image_text_retrieval, pair_score_matrix,
                                            retrieval_table, select_test_set, two_stage_scores)
 
 

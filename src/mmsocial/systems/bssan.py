@@ -285,7 +285,7 @@ def _split(corpus: Corpus, cfg: Config) -> np.ndarray:
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
-    from mmsocial.eval.protocols_bssan import retrieval_table
+    from mmsocial.eval.protocols.bssan import retrieval_table
 
     n_img = min(cfg.test_images, len(data.images("test")))
     return {t: retrieval_table(f"{TABLE_TITLES[t]} ({cfg.name}, {n_img} test images)") for t in cfg.tables}
@@ -323,7 +323,7 @@ def bssan_scorer(model, data: Data, imgs: np.ndarray, caps: np.ndarray, chunk: i
 
 
 def _eval_sets(data: Data, split: str, n_images: int, per_image: int, seed: int):
-    from mmsocial.eval.protocols_bssan import select_test_set
+    from mmsocial.eval.protocols.bssan import select_test_set
 
     imgs, caps = select_test_set(data.caption_image, data.images(split), n_images, per_image, seed)
     caption_row = np.searchsorted(imgs, data.caption_image[caps])
@@ -331,7 +331,7 @@ def _eval_sets(data: Data, split: str, n_images: int, per_image: int, seed: int)
 
 
 def evaluate_bssan(model, data: Data, imgs, caps, caption_row, chunk_pairs: int) -> tuple[dict, np.ndarray, float]:
-    from mmsocial.eval.protocols_bssan import image_text_retrieval, pair_score_matrix
+    from mmsocial.eval.protocols.bssan import image_text_retrieval, pair_score_matrix
 
     t = time.perf_counter()
     scorer = bssan_scorer(model, data, imgs, caps)
@@ -424,7 +424,7 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
 
 def train_dual_encoder(data: Data, cfg: Config, seed: int, out_dir: Path):
     """The dual-encoder baseline (VSE++ loss), checkpoint kept on the validation rsum."""
-    from mmsocial.eval.protocols_bssan import image_text_retrieval
+    from mmsocial.eval.protocols.bssan import image_text_retrieval
     from mmsocial.models.baselines.dual_encoder import DualEncoder
     from mmsocial.train.checkpoint import load_checkpoint
     from mmsocial.train.data import FeatureDataset
@@ -477,7 +477,7 @@ def dual_scores(model, data: Data, imgs: np.ndarray, caps: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------- one cell
 def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cell:
     """Train (or fit) one row with one seed under ``workdir`` and evaluate it on the test images."""
-    from mmsocial.eval.protocols_bssan import (embedding_scores, image_text_retrieval, recall_kept,
+    from mmsocial.eval.protocols.bssan import (embedding_scores, image_text_retrieval, recall_kept,
                                                two_stage_scores)
 
     if cfg.threads:
@@ -526,23 +526,11 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
 
 
 # ---------------------------------------------------------------------------- train / demo
-def load_corpus(cfg: Config) -> Corpus:
-    if cfg.corpus and (Path(cfg.corpus) / "posts.parquet").is_file():
-        return Corpus.load(cfg.corpus)
-    if cfg.synthetic is None:
-        raise CorpusError(f"{cfg.corpus}: no corpus there (posts.parquet missing); build one with "
-                          f"`mmsocial data ...` or add a `synthetic:` section to the config")
-    from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
-
-    out = Path(cfg.corpus or Path(cfg.workdir) / "corpus")
-    log.info("no corpus at %s: building the synthetic corpus the config describes", out)
-    return make_synthetic_corpus(SyntheticConfig(posts=cfg.synthetic.posts, seed=cfg.synthetic.seed), out)
-
-
 def train(cfg: Config) -> Path:
     """`mmsocial train bssan`: train ``cfg.variant`` on cfg.corpus with the first seed; the run folder
     gets the checkpoints, the config and the vocabulary (what `mmsocial viz attention` reads)."""
     from mmsocial.config import save_config
+    from mmsocial.experiment import load_corpus
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -568,4 +556,4 @@ def demo(corpus_dir: Path, workdir: Path):
                  tables=["table2"], threads=1, two_stage_k=50, val_images=100,
                  model=ModelSettings(epochs=4), dual=DualEncoderSettings(epochs=8),
                  train=TrainSettings(progress=False))
-    return run_experiment(cfg)
+    return run_experiment(cfg, progress=False)
