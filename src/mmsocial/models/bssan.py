@@ -216,9 +216,7 @@ class W2R(nn.Module):
             i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            last = lengths == k + 1
-            if last.any():
-                out[last] = h[last]
+            out = torch.where((lengths == k + 1)[:, None], h, out)
         return out
 
 
@@ -311,29 +309,35 @@ class BSSAN(nn.Module):
                     return_parts: bool = False):
         """Eq. 19 for the pairs (images[image_idx[n]], captions[caption_idx[n]]) from the caches.
 
-        Equals ``forward`` on the same pairs (eval mode) up to float rounding; per pair it runs only the
-        attention weights, the LSTM recurrence and the MLPs.
+        Equals ``forward`` on the same pairs (eval mode) up to float rounding. The pairs are grouped by
+        image so that the image terms are never copied per pair: per image one matrix product gives the
+        LSTM inputs of all its captions; then one LSTM recurrence and the MLPs run over every pair at once.
         """
         cfg = self.cfg
-        lengths = captions.lengths[caption_idx]
+        order = torch.argsort(image_idx, stable=True)
+        img, cap = image_idx[order], caption_idx[order]
+        lengths = captions.lengths[cap]
         L = int(lengths.max())
-        f_w2r = f_o2w = None
-        if self.w2r is not None:
-            T, TX = captions.T[caption_idx, :L], captions.TX[caption_idx, :L]
-            alpha = self.w2r.attention.weights(T, images.WR[image_idx])  # Eq. 1-2
-            X = alpha @ images.RU[image_idx] + TX  # W_ih [u_k; t_k] + b, with u_k = α^k R (Eq. 3)
-            f_w2r = self.w2r.mlp(self.w2r.recurrence(X, lengths)).squeeze(-1)
-        if self.o2w is not None:
-            S, mask = captions.S[caption_idx, :L], captions.mask[caption_idx, :L]
-            beta = self.o2w.attention.weights(images.OW[image_idx], S, mask)  # Eq. 9-10
-            first = beta @ captions.SC[caption_idx, :L] + images.OC[image_idx]  # layer 1 on [o_j; u_j] (Eq. 11, 13)
-            y = self.o2w.mlp[1:](first.flatten(0, 1)).view(len(first), -1)
-            f_o2w = y.mean(1)  # Eq. 14
-        zeros = lengths.new_zeros(len(lengths), dtype=images.R.dtype)
-        f_w2r = f_w2r if f_w2r is not None else zeros
-        f_o2w = f_o2w if f_o2w is not None else zeros
+        uniq, counts = torch.unique_consecutive(img, return_counts=True)
+        ends = torch.cumsum(counts, 0).tolist()
+        starts = [0] + ends[:-1]
+        n = len(img)
+        X = images.R.new_empty(n, L, images.RU.shape[-1]) if self.w2r is not None else None
+        first = images.R.new_empty(n, images.OC.shape[1], images.OC.shape[-1]) if self.o2w is not None else None
+        for i, a, b in zip(uniq.tolist(), starts, ends):
+            c = cap[a:b]
+            if X is not None:
+                alpha = self.w2r.attention.weights(captions.T[c, :L], images.WR[i:i + 1])  # Eq. 1-2
+                X[a:b] = alpha @ images.RU[i] + captions.TX[c, :L]  # W_ih [u_k; t_k] + b, u_k = α^k R (Eq. 3)
+            if first is not None:
+                beta = self.o2w.attention.weights(images.OW[i:i + 1], captions.S[c, :L], captions.mask[c, :L])  # Eq. 9-10
+                first[a:b] = beta @ captions.SC[c, :L] + images.OC[i]  # layer 1 on [o_j; u_j] (Eq. 11, 13)
+        zeros = images.R.new_zeros(n)
+        f_w2r = self.w2r.mlp(self.w2r.recurrence(X, lengths)).squeeze(-1) if X is not None else zeros
+        f_o2w = self.o2w.mlp[1:](first.flatten(0, 1)).view(n, -1).mean(1) if first is not None else zeros  # Eq. 14
         score = f_w2r + cfg.lam * f_o2w  # Eq. 19
-        return (score, f_w2r, f_o2w) if return_parts else score
+        out = [torch.empty_like(v).index_copy_(0, order, v) for v in (score, f_w2r, f_o2w)]
+        return tuple(out) if return_parts else out[0]
 
     def _check(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor) -> None:
         cfg = self.cfg

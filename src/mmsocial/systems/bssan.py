@@ -110,6 +110,9 @@ class Config(ExperimentConfig):
     objects: Optional[str] = Field(None, description="object feature store; None = CORPUS/features/objects-...")
     boxes: str = Field("cam", description="object boxes when extracting: cam | grid | PATH to an ONNX detector")
     num_objects: int = Field(10, ge=1, description="P, boxes per image when extracting")
+    objects_from: Literal["extract", "regions"] = Field(
+        "extract", description="objects missing: extract them (CNN again) or compute them from the cached "
+        "region grid (same CAM boxes and RoIAlign, no CNN run)")
     captions: Literal["auto", "text", "captions", "openclipart"] = Field(
         "auto", description="where captions come from (see systems/bssan.captions_of)")
     split_seed: int = 0
@@ -225,14 +228,61 @@ def captions_of(posts, rule: str = "auto") -> list[list[str]]:
     return out
 
 
-def _feature_store(corpus: Corpus, cfg: Config, kind: str, path: Optional[str]):
+def _feature_store(corpus: Corpus, cfg: Config, kind: str, path: Optional[str], regions=None):
     from mmsocial.features.extract import extract_features
     from mmsocial.features.store import FeatureSet
 
     if path is not None and Path(path).is_dir() and (Path(path) / "manifest.json").is_file():
         return FeatureSet.open(path)
+    if kind == "objects" and cfg.objects_from == "regions":
+        out = Path(path) if path is not None else Path(regions.path).parent / (
+            f"objects-{cfg.backbone}-{cfg.image_size}-from-regions")
+        return objects_from_regions(regions, out, cfg)
     return extract_features(corpus, kind, cfg.backbone, cfg.image_size, out=path, weights=cfg.weights,
                             boxes=cfg.boxes, objects=cfg.num_objects, progress=False)
+
+
+def objects_from_regions(regions, out: Path, cfg: Config):
+    """Objects (CAM boxes + RoIAlign) computed from a cached region grid instead of running the CNN again.
+
+    ``features extract --kind objects`` computes exactly this from the same feature map; here the map
+    is the cached grid (float16), so the boxes and features equal the extracted ones up to that rounding.
+    """
+    from mmsocial.features.backbones import load_backbone
+    from mmsocial.features.boxes import cam_boxes, grid_boxes, roi_features
+    from mmsocial.features.store import FeatureSet, is_complete, write_features
+
+    n, d, channels = regions.data.shape
+    side = int(round(d ** 0.5))
+    if side * side != d:
+        raise ValueError(f"{regions.path}: regions are not a square grid ({d} regions)")
+    size, count = cfg.image_size, cfg.num_objects
+    manifest = {"extractor": "objects", "backbone": cfg.backbone, "weights": regions.manifest.get("weights"),
+                "input_size": size, "grid": [side, side], "boxes": f"{cfg.boxes} (from the cached region grid)",
+                "source": str(regions.path)}
+    extra = {"boxes": (count, 4)}
+    if is_complete(out, regions.post_ids, (count, channels), manifest, extra):
+        return FeatureSet.open(out)
+    model = load_backbone(cfg.backbone, cfg.weights, torch.device("cpu")).eval() if cfg.boxes == "cam" else None
+
+    def batches(rows: np.ndarray):
+        for a in range(0, len(rows), 64):
+            r = rows[a:a + 64]
+            fmap = torch.from_numpy(np.asarray(regions.data[r], dtype=np.float32)).transpose(1, 2).reshape(
+                len(r), channels, side, side)
+            with torch.no_grad():
+                if model is not None:
+                    b = cam_boxes(model.class_activation_maps(fmap)[0], count, size, size)
+                else:
+                    b = grid_boxes(count, size, size).expand(len(r), count, 4)
+                feats = roi_features(fmap, b, (size, size)).numpy()
+            boxes = (b / size).numpy().astype(np.float32)
+            starts = np.flatnonzero(np.diff(r, prepend=r[0] - 2) != 1)
+            for s0, s1 in zip(starts, [*starts[1:], len(r)]):
+                yield int(r[s0]), feats[s0:s1], {"boxes": boxes[s0:s1]}
+
+    log.info("computing %d objects per image from the cached region grid %s -> %s", count, regions.path, out)
+    return write_features(out, regions.post_ids, (count, channels), batches, manifest, extra)
 
 
 def prepare(corpus: Corpus, cfg: Config) -> Data:
@@ -262,7 +312,7 @@ def prepare(corpus: Corpus, cfg: Config) -> Data:
     caption_ids, lengths = encode_texts(flat_tokens, vocab, max_length)
     embeddings, found = glove_matrix(vocab, seed=cfg.split_seed)
     regions = _feature_store(corpus, cfg, "regions", cfg.regions)
-    objects = _feature_store(corpus, cfg, "objects", cfg.objects)
+    objects = _feature_store(corpus, cfg, "objects", cfg.objects, regions)
     data = Data(ids, split, regions.get(ids, np.float16), objects.get(ids, np.float16),
                 np.asarray(objects.extra["boxes"][objects.rows(ids)], dtype=np.float32),
                 caption_ids, lengths.astype(np.int64), caption_image,
