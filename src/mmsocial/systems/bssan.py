@@ -607,3 +607,61 @@ def demo(corpus_dir: Path, workdir: Path):
                  model=ModelSettings(epochs=4), dual=DualEncoderSettings(epochs=8),
                  train=TrainSettings(progress=False))
     return run_experiment(cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------- viz
+def attention_pictures(run_dir: Path, out: Optional[Path] = None, count: int = 4) -> list[Path]:
+    """W2R heat maps and O2W line charts of the first ``count`` test images (with their first caption)
+    of a run folder written by `mmsocial train bssan`."""
+    from mmsocial.experiment import load_corpus
+    from mmsocial.models.bssan import BSSAN, BSSANConfig
+    from mmsocial.train.checkpoint import load_checkpoint
+    from mmsocial.viz.bssan_attention import o2w_figure, w2r_figure
+
+    run_dir = Path(run_dir)
+    for f in ("config.yaml", "model.json"):
+        if not (run_dir / f).is_file():
+            raise ValueError(f"{run_dir}: no {f}; give a run folder written by `mmsocial train bssan`")
+    cfg = load_config(run_dir / "config.yaml", Config)
+    corpus = load_corpus(cfg)
+    data = prepare(corpus, cfg)
+    saved = json.loads((run_dir / "model.json").read_text())
+    mcfg = saved["model"]
+    model = BSSAN(BSSANConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mcfg.items()}))
+    load_checkpoint(run_dir, model)
+    model.eval()
+    out = Path(out) if out is not None else run_dir / "attention"
+    written = []
+    for i in data.images("test")[:count]:
+        cap = data.captions(np.array([i]))[:1]
+        R, O = data.image_features(np.array([i]))
+        T, lengths = data.words(cap)
+        with torch.no_grad():
+            res = model(R, O, T, lengths)
+        words = [data.vocabulary.words[t] for t in data.caption_ids[cap[0], : int(lengths[0])]]
+        image = corpus.open_image(data.post_ids[i])
+        pid = data.post_ids[i]
+        if res["alpha"] is not None:
+            written.append(w2r_figure(image, words, res["alpha"][0].numpy(), out / f"{pid}-w2r.png"))
+        if res["beta"] is not None:
+            written.append(o2w_figure(image, words, res["beta"][0].numpy(), data.boxes[i], out / f"{pid}-o2w.png"))
+    return written
+
+
+def add_commands(groups) -> None:
+    import typer
+
+    @groups["viz"].command("attention")
+    def viz_attention(run_dir: Path = typer.Argument(..., help="a run folder of `mmsocial train bssan`"),
+                      out: Optional[Path] = typer.Option(None, help="folder for the PNG files (default RUN_DIR/attention)"),
+                      count: int = typer.Option(4, help="test images to draw")):
+        """BSSAN attention as PNG: W2R heat maps per word (Fig. 7) and O2W word weights per object (Fig. 8)."""
+        from mmsocial.config import ConfigError
+
+        try:
+            paths = attention_pictures(run_dir, out, count)
+        except (ConfigError, CorpusError, ValueError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        for p in paths:
+            typer.echo(str(p))
