@@ -68,12 +68,13 @@ def main():
     p.add_argument("--variant", default="w2r", help="bssan | w2r (the W2R network is the same in both)")
     p.add_argument("--workdir", default="runs/bench/bssan_attention")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--negative-attention", default="softmax", help="softmax | uniform (Eq. 8; see docs/bssan.md)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     corpus = Corpus.load(a.corpus)
     cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, preset=a.preset, workdir=a.workdir,
-                   seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs),
+                   seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention),
                    train=S.TrainSettings(progress=False))
     data = S.prepare(corpus, cfg)
     size = int(corpus.meta.get("synthetic", {}).get("image_size", 224))

@@ -40,13 +40,14 @@ def main():
     p.add_argument("--chunk-pairs", type=int, default=8192)
     p.add_argument("--ks", default="20,50,100")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--negative-attention", default="softmax", help="softmax | uniform (Eq. 8; see docs/bssan.md)")
     p.add_argument("--workdir", default="runs/bench/bssan_scoring")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, preset=a.preset, workdir=a.workdir,
                    seeds=[0], threads=a.threads, chunk_pairs=a.chunk_pairs, val_images=100,
-                   model=S.ModelSettings(epochs=a.epochs), dual=S.DualEncoderSettings(epochs=a.dual_epochs),
+                   model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention), dual=S.DualEncoderSettings(epochs=a.dual_epochs),
                    train=S.TrainSettings(progress=False))
     data = S.prepare(Corpus.load(a.corpus), cfg)
     print(f"data: {data.describe()}")

@@ -485,9 +485,10 @@ def train_dual_encoder(data: Data, cfg: Config, seed: int, out_dir: Path):
 
     d = cfg.dual
     torch.manual_seed(seed)
-    model = DualEncoder(data.regions.shape[2], data.embeddings.shape[1], d.embed_dim, d.hidden)
     tr_imgs = data.images("train")
     pooled = torch.from_numpy(data.pooled(np.arange(len(data.post_ids))))
+    model = DualEncoder(data.regions.shape[2], data.embeddings.shape[1], d.embed_dim, d.hidden,
+                        pooled[tr_imgs].mean(0), pooled[tr_imgs].std(0).clamp_min(1e-6))
     tr_caps = data.captions(tr_imgs)
 
     def batch_loss(m, batch):

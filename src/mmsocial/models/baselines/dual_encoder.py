@@ -15,17 +15,22 @@ from torch import Tensor, nn
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, image_dim: int, word_dim: int, embed_dim: int = 1024, hidden: int = 1024):
+    def __init__(self, image_dim: int, word_dim: int, embed_dim: int = 1024, hidden: int = 1024,
+                 image_mean: Tensor | None = None, image_std: Tensor | None = None):
         super().__init__()
         if min(image_dim, word_dim, embed_dim, hidden) < 1:
             raise ValueError("image_dim, word_dim, embed_dim and hidden must be >= 1")
+        # the pooled CNN vectors are standardised with the training mean/std (non-negative, one shared
+        # direction otherwise dominates every image embedding)
+        self.register_buffer("image_mean", image_mean if image_mean is not None else torch.zeros(image_dim))
+        self.register_buffer("image_std", image_std if image_std is not None else torch.ones(image_dim))
         self.image_fc = nn.Linear(image_dim, embed_dim)
         self.gru = nn.GRU(word_dim, hidden, batch_first=True)
         self.text_fc = nn.Linear(hidden, embed_dim)
 
     def encode_images(self, pooled: Tensor) -> Tensor:
         """(N, C) pooled features -> (N, D) unit vectors."""
-        return F.normalize(self.image_fc(pooled), dim=-1)
+        return F.normalize(self.image_fc((pooled - self.image_mean) / self.image_std), dim=-1)
 
     def encode_captions(self, T: Tensor, lengths: Tensor) -> Tensor:
         """(N, L, E) word vectors + (N,) lengths -> (N, D) unit vectors (GRU state at the last word)."""
