@@ -66,6 +66,8 @@ class TrainSettings(StrictModel):
     """Trainer settings of the BSSAN rows beyond the model config's lr/momentum/batch/epochs."""
 
     max_steps: Optional[int] = Field(None, ge=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="paper: SGD (lr and momentum from the model "
+                                              "settings); adam uses the model's lr")
     grad_clip: Optional[float] = Field(5.0, gt=0, description="max global gradient norm (paper: none given)")
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     progress: bool = True
@@ -462,8 +464,8 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
                 "val_i2t_R@1": metrics["i2t R@1"], "val_t2i_R@1": metrics["t2i R@1"]}
 
     t = cfg.train
-    tcfg = load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": "sgd", "lr": mcfg.lr,
-                        "momentum": mcfg.momentum, "seed": seed, "device": cfg.device if cfg.device != "cpu" else "cpu",
+    tcfg = load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": t.optimizer, "lr": mcfg.lr,
+                        "momentum": mcfg.momentum if t.optimizer == "sgd" else 0.0, "seed": seed, "device": cfg.device if cfg.device != "cpu" else "cpu",
                         "progress": t.progress, "grad_clip": t.grad_clip, "max_steps": t.max_steps,
                         "eval_every": t.eval_every, "drop_last": len(tr_caps) > mcfg.batch_size,
                         "early_stopping": {"metric": "val_rsum", "mode": "max", "patience": 1000}}, TrainConfig)
