@@ -39,6 +39,7 @@ def main():
     p.add_argument("--naive-pairs", type=int, default=300, help="pairs scored one at a time")
     p.add_argument("--chunk-pairs", type=int, default=8192)
     p.add_argument("--ks", default="20,50,100")
+    p.add_argument("--images", type=int, default=1000, help="test images (1K in the paper; fewer = all the corpus has)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--negative-attention", default="softmax", help="softmax | uniform (Eq. 8; see docs/bssan.md)")
     p.add_argument("--workdir", default="runs/bench/bssan_scoring")
@@ -52,14 +53,23 @@ def main():
     data = S.prepare(Corpus.load(a.corpus), cfg)
     print(f"data: {data.describe()}")
     t = time.perf_counter()
-    dual, _ = S.train_dual_encoder(data, cfg, 0, Path(a.workdir) / "dual")
-    model, _ = S.train_bssan(data, cfg, "bssan", 0, Path(a.workdir) / "bssan")
-    print(f"trained the dual encoder ({a.dual_epochs} epochs) and BSSAN ({a.epochs} epochs) in "
-          f"{time.perf_counter() - t:.0f} s; torch threads {torch.get_num_threads()}")
-    imgs, caps, row = S._eval_sets(data, "test", 1000, 5, 0)
+    if a.epochs > 0:
+        dual, _ = S.train_dual_encoder(data, cfg, 0, Path(a.workdir) / "dual")
+        model, _ = S.train_bssan(data, cfg, "bssan", 0, Path(a.workdir) / "bssan")
+        print(f"trained the dual encoder ({a.dual_epochs} epochs) and BSSAN ({a.epochs} epochs) in "
+              f"{time.perf_counter() - t:.0f} s; torch threads {torch.get_num_threads()}")
+    else:  # speed only: the timings do not depend on the weights; the recalls below are then meaningless
+        from mmsocial.models.baselines.dual_encoder import DualEncoder
+        from mmsocial.models.bssan import BSSAN
+
+        torch.manual_seed(0)
+        model = BSSAN(S._bssan_config(cfg, data, "bssan")).eval()
+        dual = DualEncoder(data.regions.shape[2], data.embeddings.shape[1], cfg.dual.embed_dim, cfg.dual.hidden).eval()
+        print(f"--epochs 0: untrained models (speed only; recall figures meaningless); torch threads {torch.get_num_threads()}")
+    imgs, caps, row = S._eval_sets(data, "test", a.images, 5, 0)
     n_pairs = len(imgs) * len(caps)
     print(f"test set: {len(imgs)} images x {len(caps)} captions = {n_pairs} pairs "
-          f"({'1K x 5 captions' if len(imgs) == 1000 else 'every test image with all its captions: the corpus has fewer than 1K x 5'})")
+          f"({'1K x 5 captions' if len(imgs) == 1000 else 'test images with all their captions: fewer than 1K x 5'})")
 
     # 2. naive loop vs batched
     rng = np.random.default_rng(0)
