@@ -48,7 +48,7 @@ def main():
     torch.set_num_threads(a.threads)
     cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, preset=a.preset, workdir=a.workdir,
                    seeds=[0], threads=a.threads, chunk_pairs=a.chunk_pairs, val_images=100,
-                   model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention), dual=S.DualEncoderSettings(epochs=a.dual_epochs),
+                   model=S.ModelSettings(epochs=max(a.epochs, 1), negative_attention=a.negative_attention), dual=S.DualEncoderSettings(epochs=a.dual_epochs),
                    train=S.TrainSettings(progress=False))
     data = S.prepare(Corpus.load(a.corpus), cfg)
     print(f"data: {data.describe()}")
