@@ -210,7 +210,7 @@ def _read_dataset(read, out: Path, **kwargs) -> None:
     typer.echo(c.describe())
 
 
-from mmsocial.data.layouts import MIRFLICKR_LAYOUT, NUSWIDE_LAYOUT, VOC2007_LAYOUT  # noqa: E402
+from mmsocial.data.layouts import KARPATHY_LAYOUT, MIRFLICKR_LAYOUT, NUSWIDE_LAYOUT, VOC2007_LAYOUT  # noqa: E402
 
 
 @data_app.command("nus-wide", help=_layout_help("Build a corpus from NUS-WIDE as downloaded (ROOT = the folder "
@@ -274,6 +274,18 @@ def data_pascal_sentence(root: Path = typer.Argument(..., help="dataset/ + sente
     from mmsocial.data.pascal_sentence import read_pascal_sentence
 
     _read_dataset(read_pascal_sentence, out, root=root, train_per_class=train_per_class, seed=seed)
+
+
+@data_app.command("karpathy", help=_layout_help("Build a corpus from Flickr30K or COCO in Karpathy's split JSON "
+                                                "(one post per image, its sentences as captions).", KARPATHY_LAYOUT))
+def data_karpathy(root: Path = typer.Argument(..., help="the folder holding dataset_*.json, or the file itself"),
+                  out: Path = typer.Option(..., help="corpus folder to write"),
+                  images: Optional[Path] = typer.Option(None, help="image folder (default ROOT/flickr30k-images; "
+                                                        "COCO: ROOT, holding train2014/ and val2014/)"),
+                  dataset: Optional[str] = typer.Option(None, help="flickr30k | coco | flickr8k (default: by file name)")):
+    from mmsocial.data.karpathy import read_karpathy
+
+    _read_dataset(read_karpathy, out, root=root, images=images, dataset=dataset)
 
 
 # ---------------------------------------------------------------------------- features

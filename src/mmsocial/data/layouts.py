@@ -43,3 +43,10 @@ PARENT/
     pascal07_test_tags.hvecs             (or the dense text form pascal07_{train,test}_tags.txt)
 The tag folder is looked for in PARENT, ROOT and their sub-folders, or named with tags_dir (--tags).
 """
+
+KARPATHY_LAYOUT = """\
+ROOT/
+  dataset_flickr30k.json | dataset_coco.json | dataset_flickr8k.json   (Karpathy's caption_datasets.zip)
+  flickr30k-images/<filename>            Flickr30K images (optional; or --images FOLDER)
+  train2014/<filename>, val2014/<filename>   COCO images under their "filepath" (optional; or --images FOLDER)
+"""

@@ -70,6 +70,7 @@ REGISTRY: dict[str, str] = {
     "dman": "mmsocial.systems.dman",
     "du2mce": "mmsocial.systems.du2mce",
     "eisr": "mmsocial.systems.eisr",
+    "bssan": "mmsocial.systems.bssan",
 }
 
 

@@ -66,3 +66,22 @@ def _reduce(x: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return x
     raise ValueError(f"unknown reduction {reduction!r}; choose sum, mean or none")
+
+
+def contrastive_hinge_loss(scores: Tensor, margin: float = 0.2, max_violation: bool = True) -> Tensor:
+    """VSE++ (Faghri et al. 2018) ranking loss over an in-batch (B, B) score matrix, matched pairs on the diagonal.
+
+    For every image i and caption c != i: max(0, m - s(i, i) + s(i, c)) and max(0, m - s(i, i) + s(c, i)).
+    ``max_violation``: keep only the hardest negative of each direction (VSE++ "MH"); otherwise sum
+    over all negatives (the sum of hinges of VSE0). Averaged over the B pairs.
+    """
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be a square (B, B) matrix with matches on the diagonal, got {tuple(scores.shape)}")
+    diagonal = scores.diag()[:, None]
+    cost_caption = (margin + scores - diagonal).clamp_min(0)  # image i as the query, row i
+    cost_image = (margin + scores - diagonal.T).clamp_min(0)  # caption c as the query, column c
+    eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+    cost_caption, cost_image = cost_caption.masked_fill(eye, 0), cost_image.masked_fill(eye, 0)
+    if max_violation:
+        return (cost_caption.max(1).values + cost_image.max(0).values).mean()
+    return (cost_caption.sum(1) + cost_image.sum(0)).mean()

@@ -1,0 +1,96 @@
+"""Does BSSAN's W2R attention (Eq. 1-3) look at the object a caption word names?
+
+On a synthetic corpus (objects at known boxes, captions derived from the objects), for every test
+image and every caption word that is the class name of one of its objects, take the attention of that
+word over the region grid and check whether the argmax region's centre lies inside that object's
+ground-truth box ("pointing accuracy"; a word naming two objects of the image counts a hit on either).
+Uniform attention hits with probability = the fraction of region centres inside the box(es); an
+untrained BSSAN (same architecture, random weights) is the second reference. (As bench/dman_attention.py.)
+
+    PYTHONPATH=src python bench/bssan_attention.py --corpus /work/data/synthetic \\
+        --objects /work/data/bssan/synthetic-objects --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmsocial.data.corpus import Corpus
+from mmsocial.models.bssan import BSSAN
+from mmsocial.systems import bssan as S
+
+
+def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> tuple[float, float, int]:
+    """(pointing accuracy, uniform expectation, number of (image, word) pairs)."""
+    d = data.regions.shape[1]
+    g = int(round(np.sqrt(d)))
+    j = np.arange(d)
+    centres = np.stack([(j % g + 0.5) / g, (j // g + 0.5) / g], 1)  # row-major grid: (x, y) of region j
+    objects = corpus.posts.set_index("post_id").loc[[data.post_ids[i] for i in imgs], "objects"].tolist()
+    words = data.vocabulary.words
+    hits, expected, pairs = 0, 0.0, 0
+    model.eval()
+    for i, objs in zip(imgs, objects):
+        cap = data.captions(np.array([i]))[:1]
+        R, O = data.image_features(np.array([i]))
+        T, lengths = data.words(cap)
+        with torch.no_grad():
+            alpha = model(R, O, T, lengths)["alpha"][0].numpy()  # (L, D)
+        tokens = [words[t] for t in data.caption_ids[cap[0], : int(lengths[0])]]
+        boxes: dict[str, list] = {}
+        for obj in json.loads(objs):
+            boxes.setdefault(obj["label"], []).append([v / image_size for v in obj["box"]])
+        for k, w in enumerate(tokens):
+            if w not in boxes:
+                continue
+            inside = np.zeros(d, dtype=bool)
+            for x0, y0, x1, y1 in boxes[w]:
+                inside |= (centres[:, 0] >= x0) & (centres[:, 0] < x1) & (centres[:, 1] >= y0) & (centres[:, 1] < y1)
+            hits += bool(inside[alpha[k].argmax()])
+            expected += inside.mean()
+            pairs += 1
+    return hits / max(pairs, 1), expected / max(pairs, 1), pairs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default="data/synthetic")
+    p.add_argument("--regions", default=None)
+    p.add_argument("--objects", default=None)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--variant", default="w2r", help="bssan | w2r (the W2R network is the same in both)")
+    p.add_argument("--workdir", default="runs/bench/bssan_attention")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--negative-attention", default="softmax", help="softmax | uniform (Eq. 8; see docs/bssan.md)")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(a.threads)
+    corpus = Corpus.load(a.corpus)
+    cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, preset=a.preset, workdir=a.workdir,
+                   seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention),
+                   train=S.TrainSettings(progress=False))
+    data = S.prepare(corpus, cfg)
+    size = int(corpus.meta.get("synthetic", {}).get("image_size", 224))
+    test = data.images("test")
+    torch.manual_seed(0)
+    untrained = BSSAN(S._bssan_config(cfg, data, a.variant))
+    acc0, uni, n = pointing(untrained, data, corpus, test, size)
+    model, result = S.train_bssan(data, cfg, a.variant, 0, Path(a.workdir))
+    acc, _, _ = pointing(model, data, corpus, test, size)
+    print(f"{n} (test image, object word) pairs on a {int(np.sqrt(data.regions.shape[1]))}x"
+          f"{int(np.sqrt(data.regions.shape[1]))} grid; BSSAN {a.variant}, {a.epochs} epochs "
+          f"(best validation rsum {result.best_metric:.1f})")
+    print("| attention | points inside the named object's box |\n|---|---|")
+    print(f"| uniform (expected) | {uni:.1%} |\n| untrained BSSAN | {acc0:.1%} |\n| trained BSSAN | {acc:.1%} |")
+    print(f"trained / uniform = {acc / max(uni, 1e-9):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

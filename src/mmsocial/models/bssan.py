@@ -1,0 +1,384 @@
+"""BSSAN: Bi-directional Spatial-Semantic Attention Networks for image-text matching (Huang et al., 2019).
+
+Equation numbers refer to the paper (papers/bssan-image-text-matching.md). The CNNs run once and are
+cached: the model takes region grids R (B, D, M), object features O (B, P, Q) and the caption's word
+vectors T (B, L, E) with lengths (padding after the last word).
+
+Every (image, caption) pair needs its own forward pass. ``forward`` is the plain path of the paper
+(training, and the one-pair reference); ``encode_images`` / ``encode_captions`` / ``pair_scores`` are
+the same function reorganised so that whatever depends on one side only is computed once per image
+or per caption (region and object projections, BiLSTM states, the word half of the LSTM input),
+leaving per pair only the attention, the LSTM recurrence and the MLPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+VARIANTS = ("bssan", "w2r", "o2w", "no_reg")  # Table II rows BSSAN, BSSAN_w2r, BSSAN_o2w, BSSAN_no_reg
+
+
+@dataclass
+class BSSANConfig:
+    """Paper defaults (Table I, §V-B). The variants are flags: ``w2r``/``o2w`` switch a network off
+    (BSSAN_o2w / BSSAN_w2r), ``delta = 0`` removes the L2 term (BSSAN_no_reg)."""
+
+    w2r: bool = True  # word-to-regions network (§IV-A)
+    o2w: bool = True  # object-to-words network (§IV-B)
+    word_dim: int = 300  # E, GloVe 300 (offline: GloVe 6B 50d)
+    max_length: int = 30  # words kept per caption (zero padding / truncation)
+    num_regions: int = 196  # D, VGG19 conv5_4 14x14 (offline: MobileNetV2 7x7)
+    region_dim: int = 512  # M (offline: 1280)
+    num_objects: int = 10  # P, top-10 Faster R-CNN proposals (offline: CAM boxes)
+    object_dim: int = 4096  # Q, Faster R-CNN fc7 (offline: RoIAlign on the region grid, 1280)
+    w2r_lstm: int = 1024  # Table I: W2R LSTM
+    w2r_mlp: tuple[int, ...] = (1024, 512, 128)  # Table I: W2R MLP 1024-512-128-1
+    o2w_lstm: int = 512  # Table I: O2W Bi-LSTM, B
+    o2w_mlp: tuple[int, ...] = (512, 256, 64)  # Table I: O2W MLP 512-256-64-1
+    batch_norm: bool = True  # §V-B: tanh MLPs with batch normalisation
+    margin: float = 0.2  # M of Eq. 7 and 17 (the paper does not give its value)
+    lam: float = 0.6  # λ, Eq. 18 and 19
+    delta: float = 0.01  # δ, Eq. 18
+    negative_attention: str = "uniform"  # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; or "softmax"
+    lr: float = 0.01  # SGD, §V-B
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 10
+
+    def __post_init__(self):
+        if not (self.w2r or self.o2w):
+            raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
+        if self.negative_attention not in ("uniform", "softmax"):
+            raise ValueError(f"negative_attention must be 'uniform' (Eq. 8) or 'softmax', "
+                             f"got {self.negative_attention!r}")
+        for name in ("word_dim", "max_length", "num_regions", "region_dim", "num_objects", "object_dim",
+                     "w2r_lstm", "o2w_lstm", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BSSANConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.delta < 0 or self.lam < 0 or self.margin < 0:
+            raise ValueError("BSSANConfig.delta, lam and margin must be >= 0")
+        self.w2r_mlp, self.o2w_mlp = tuple(int(d) for d in self.w2r_mlp), tuple(int(d) for d in self.o2w_mlp)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    # CPU-sized, same structure: GloVe 50d, MobileNetV2 7x7x1280 grid, 10 CAM objects x 1280
+    "small": dict(word_dim=50, num_regions=49, region_dim=1280, object_dim=1280, w2r_lstm=128,
+                  w2r_mlp=(128, 64, 32), o2w_lstm=128, o2w_mlp=(128, 64, 16), batch_size=128, epochs=10),
+    "tiny": dict(word_dim=6, max_length=8, num_regions=4, region_dim=5, num_objects=3, object_dim=7,
+                 w2r_lstm=8, w2r_mlp=(8, 4), o2w_lstm=6, o2w_mlp=(6, 4), batch_size=8, epochs=2),
+}
+PRESETS["default"] = PRESETS["paper"]
+VARIANT_FLAGS: dict[str, dict] = {"bssan": {}, "w2r": dict(o2w=False), "o2w": dict(w2r=False),
+                                  "no_reg": dict(delta=0.0)}
+
+
+def bssan_config(preset: str = "paper", variant: str = "bssan", **overrides) -> BSSANConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown BSSAN preset {preset!r}; choose one of {tuple(PRESETS)}")
+    if variant not in VARIANT_FLAGS:
+        raise ValueError(f"unknown BSSAN variant {variant!r}; choose one of {VARIANTS}")
+    unknown = set(overrides) - set(BSSANConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown BSSAN config field(s) {sorted(unknown)}; "
+                         f"valid fields: {sorted(BSSANConfig.__dataclass_fields__)}")
+    return BSSANConfig(**{**PRESETS[preset], **VARIANT_FLAGS[variant], **overrides})
+
+
+def tanh_mlp(in_dim: int, hidden: tuple[int, ...], batch_norm: bool) -> nn.Sequential:
+    """§V-B: Linear (-> BatchNorm) -> tanh for each hidden layer, then a linear score (one output)."""
+    layers: list[nn.Module] = []
+    for a, b in zip((in_dim, *hidden[:-1]), hidden):
+        layers += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batch_norm else []), nn.Tanh()]
+    layers.append(nn.Linear(hidden[-1] if hidden else in_dim, 1))
+    return nn.Sequential(*layers)
+
+
+def word_mask(lengths: Tensor, max_length: int) -> Tensor:
+    """(B, L) True on real words, False on padding."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _check_lengths(lengths: Tensor, max_length: int) -> None:
+    if (lengths < 1).any() or (lengths > max_length).any():
+        raise ValueError(f"caption lengths must be in 1..{max_length} (a caption needs at least one word); "
+                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+
+
+class W2RAttention(nn.Module):
+    """Eq. 1-3: e_j^k = tanh(t_kᵀ W r_j + b), α^k = softmax_j(e^k), u_k = Σ_j α_j^k r_j."""
+
+    def __init__(self, word_dim: int, region_dim: int):
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(word_dim, region_dim))
+        self.b = nn.Parameter(torch.zeros(()))
+        nn.init.xavier_uniform_(self.W)
+
+    def project_regions(self, R: Tensor) -> Tensor:
+        """W r_j for every region: (B, D, M) -> (B, D, E); depends on the image only."""
+        return R @ self.W.T
+
+    def weights(self, T: Tensor, WR: Tensor, uniform: Tensor | None = None) -> Tensor:
+        """α (B, L, D) from words (B, L, E) and projected regions (B, D, E); rows of ``uniform`` get 1/D (Eq. 8)."""
+        e = torch.tanh(T @ WR.transpose(1, 2) + self.b)  # Eq. 2
+        alpha = torch.softmax(e, dim=-1)  # Eq. 1
+        if uniform is not None:
+            alpha = torch.where(uniform[:, None, None], torch.full_like(alpha, 1.0 / alpha.shape[-1]), alpha)
+        return alpha
+
+
+class O2WAttention(nn.Module):
+    """Eq. 9-11: e_j^k = tanh(o_jᵀ W s_k + b), β_j = softmax_k(e_j) over the real words, u_j = Σ_k β_j^k s_k."""
+
+    def __init__(self, object_dim: int, state_dim: int):
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(object_dim, state_dim))
+        self.b = nn.Parameter(torch.zeros(()))
+        nn.init.xavier_uniform_(self.W)
+
+    def project_objects(self, O: Tensor) -> Tensor:
+        """o_jᵀ W for every object: (B, P, Q) -> (B, P, B_s); depends on the image only."""
+        return O @ self.W
+
+    def weights(self, OW: Tensor, S: Tensor, mask: Tensor, uniform: Tensor | None = None) -> Tensor:
+        """β (B, P, L) from projected objects (B, P, B_s), word states (B, L, B_s) and the word mask (B, L).
+        Padding gets weight 0; rows of ``uniform`` get 1/length over the real words (Eq. 8 applied to O2W)."""
+        e = torch.tanh(OW @ S.transpose(1, 2) + self.b)  # Eq. 10
+        e = e.masked_fill(~mask[:, None, :], float("-inf"))
+        beta = torch.softmax(e, dim=-1)  # Eq. 9
+        if uniform is not None:
+            flat = mask[:, None, :].to(beta.dtype) / mask.sum(1).to(beta.dtype)[:, None, None]
+            beta = torch.where(uniform[:, None, None], flat.expand_as(beta), beta)
+        return beta
+
+
+class ImageCache(NamedTuple):
+    """Per-image terms of the fast path (rows = images)."""
+
+    R: Tensor  # (N, D, M) regions
+    WR: Tensor  # (N, D, E) W r_j of Eq. 2
+    RU: Tensor  # (N, D, 4H) region half of the LSTM input projection: α RU = W_ih^u u_k (Eq. 3)
+    O: Tensor  # (N, P, Q) objects
+    OW: Tensor  # (N, P, B) o_jᵀ W of Eq. 10
+    OC: Tensor  # (N, P, h1) object half of the O2W MLP's first layer on c_j = [o_j; u_j]
+
+
+class CaptionCache(NamedTuple):
+    """Per-caption terms of the fast path (rows = captions)."""
+
+    T: Tensor  # (C, L, E) word vectors
+    lengths: Tensor  # (C,)
+    mask: Tensor  # (C, L)
+    TX: Tensor  # (C, L, 4H) word half of the LSTM input projection + biases
+    S: Tensor  # (C, L, B) BiLSTM states (Eq. 9-11)
+    SC: Tensor  # (C, L, h1) word-state half of the O2W MLP's first layer
+
+
+class W2R(nn.Module):
+    """Eq. 1-6: attention per word over the regions, c_k = [u_k; t_k] into an LSTM, MLP on its last state."""
+
+    def __init__(self, cfg: BSSANConfig):
+        super().__init__()
+        self.attention = W2RAttention(cfg.word_dim, cfg.region_dim)
+        self.lstm = nn.LSTM(cfg.region_dim + cfg.word_dim, cfg.w2r_lstm, batch_first=True)
+        self.mlp = tanh_mlp(cfg.w2r_lstm, cfg.w2r_mlp, cfg.batch_norm)
+        self.region_dim = cfg.region_dim
+
+    def forward(self, R: Tensor, T: Tensor, lengths: Tensor, uniform: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        alpha = self.attention.weights(T, self.attention.project_regions(R), uniform)  # Eq. 1-2, 8
+        U = alpha @ R  # Eq. 3: (B, L, M)
+        c = torch.cat([U, T], dim=-1)  # c_k = [u_k; t_k]
+        packed = nn.utils.rnn.pack_padded_sequence(c, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)  # the state after the caption's last word
+        return self.mlp(h[-1]).squeeze(-1), alpha  # Eq. 5-6: Y_i
+
+    def lstm_input_split(self) -> tuple[Tensor, Tensor, Tensor]:
+        """W_ih = [W_u | W_t] (the input is [u; t]) and b = b_ih + b_hh."""
+        w = self.lstm.weight_ih_l0
+        return w[:, : self.region_dim], w[:, self.region_dim:], self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
+
+    def recurrence(self, X: Tensor, lengths: Tensor) -> Tensor:
+        """LSTM over pre-projected inputs X (B, L, 4H); returns the hidden state at each row's last word."""
+        H = self.lstm.hidden_size
+        w_hh = self.lstm.weight_hh_l0.T
+        h = X.new_zeros(len(X), H)
+        c = X.new_zeros(len(X), H)
+        out = X.new_zeros(len(X), H)
+        for k in range(int(lengths.max())):
+            gates = X[:, k] + h @ w_hh
+            i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            out = torch.where((lengths == k + 1)[:, None], h, out)
+        return out
+
+
+class O2W(nn.Module):
+    """Eq. 9-16: BiLSTM word states (average merge), attention per object over the words,
+    c_j = [o_j; u_j] into an MLP, mean over the objects."""
+
+    def __init__(self, cfg: BSSANConfig):
+        super().__init__()
+        self.bilstm = nn.LSTM(cfg.word_dim, cfg.o2w_lstm, batch_first=True, bidirectional=True)
+        self.attention = O2WAttention(cfg.object_dim, cfg.o2w_lstm)
+        self.mlp = tanh_mlp(cfg.object_dim + cfg.o2w_lstm, cfg.o2w_mlp, cfg.batch_norm)
+        self.object_dim, self.max_length = cfg.object_dim, cfg.max_length
+
+    def states(self, T: Tensor, lengths: Tensor) -> Tensor:
+        """S (B, L, B_s): the average of the forward and backward states; zero on padding."""
+        packed = nn.utils.rnn.pack_padded_sequence(T, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.bilstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T.shape[1])
+        fwd, bwd = out.chunk(2, dim=-1)
+        return (fwd + bwd) / 2
+
+    def forward(self, O: Tensor, T: Tensor, lengths: Tensor, uniform: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        S = self.states(T, lengths)
+        beta = self.attention.weights(self.attention.project_objects(O), S, word_mask(lengths, T.shape[1]),
+                                      uniform)  # Eq. 9-10, 8
+        U = beta @ S  # Eq. 11: (B, P, B_s)
+        c = torch.cat([O, U], dim=-1)  # c_j = [o_j; u_j]
+        y = self.mlp(c.flatten(0, 1)).view(len(O), -1)  # Eq. 13: y'_j
+        return y.mean(1), beta  # Eq. 14: Y'_i
+
+    def first_layer_split(self) -> tuple[Tensor, Tensor, Tensor]:
+        first = self.mlp[0]
+        return first.weight[:, : self.object_dim], first.weight[:, self.object_dim:], first.bias
+
+
+class BSSAN(nn.Module):
+    """Eq. 19: MS(V, T) = f_w2r(V, T) + λ f_o2w(V, T); a variant without one network drops its term."""
+
+    def __init__(self, cfg: BSSANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.w2r = W2R(cfg) if cfg.w2r else None
+        self.o2w = O2W(cfg) if cfg.o2w else None
+
+    # ------------------------------------------------------------------ the paper's path
+    def forward(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor,
+                uniform: Tensor | None = None) -> dict[str, Tensor]:
+        """Scores of the pairs (R_i, O_i, T_i): dict with f_w2r, f_o2w (absent network: zeros), score
+        (Eq. 19), alpha (B, L, D) and beta (B, P, L) (absent network: None). ``uniform`` (B,) bool marks
+        the negative pairs of training, which get uniform attention (Eq. 8)."""
+        self._check(R, O, T, lengths)
+        if uniform is not None and self.cfg.negative_attention == "softmax":
+            uniform = None
+        zeros = T.new_zeros(len(T))
+        f_w2r, alpha = self.w2r(R, T, lengths, uniform) if self.w2r is not None else (zeros, None)
+        f_o2w, beta = self.o2w(O, T, lengths, uniform) if self.o2w is not None else (zeros, None)
+        return {"f_w2r": f_w2r, "f_o2w": f_o2w, "score": f_w2r + self.cfg.lam * f_o2w,
+                "alpha": alpha, "beta": beta}
+
+    # ------------------------------------------------------------------ the fast path (same function)
+    def encode_images(self, R: Tensor, O: Tensor) -> ImageCache:
+        """Everything of Eq. 1-19 that depends on the image only, once per image."""
+        empty = R.new_zeros(len(R), 0, 0)
+        WR = RU = OW = OC = empty
+        if self.w2r is not None:
+            w_u, _, _ = self.w2r.lstm_input_split()
+            WR, RU = self.w2r.attention.project_regions(R), R @ w_u.T
+        if self.o2w is not None:
+            w_o, _, _ = self.o2w.first_layer_split()
+            OW, OC = self.o2w.attention.project_objects(O), O @ w_o.T
+        return ImageCache(R, WR, RU, O, OW, OC)
+
+    def encode_captions(self, T: Tensor, lengths: Tensor) -> CaptionCache:
+        """Everything that depends on the caption only, once per caption (BiLSTM states included)."""
+        _check_lengths(lengths, T.shape[1])
+        mask = word_mask(lengths, T.shape[1])
+        empty = T.new_zeros(len(T), 0, 0)
+        TX = S = SC = empty
+        if self.w2r is not None:
+            _, w_t, b = self.w2r.lstm_input_split()
+            TX = T @ w_t.T + b
+        if self.o2w is not None:
+            _, w_s, b1 = self.o2w.first_layer_split()
+            S = self.o2w.states(T, lengths)
+            SC = S @ w_s.T + b1
+        return CaptionCache(T, lengths, mask, TX, S, SC)
+
+    def pair_scores(self, images: ImageCache, captions: CaptionCache, image_idx: Tensor, caption_idx: Tensor,
+                    return_parts: bool = False):
+        """Eq. 19 for the pairs (images[image_idx[n]], captions[caption_idx[n]]) from the caches.
+
+        Equals ``forward`` on the same pairs (eval mode) up to float rounding. The pairs are grouped by
+        image so that the image terms are never copied per pair: per image one matrix product gives the
+        LSTM inputs of all its captions; then one LSTM recurrence and the MLPs run over every pair at once.
+        """
+        cfg = self.cfg
+        order = torch.argsort(image_idx, stable=True)
+        img, cap = image_idx[order], caption_idx[order]
+        lengths = captions.lengths[cap]
+        L = int(lengths.max())
+        uniq, counts = torch.unique_consecutive(img, return_counts=True)
+        ends = torch.cumsum(counts, 0).tolist()
+        starts = [0] + ends[:-1]
+        n = len(img)
+        X = images.R.new_empty(n, L, images.RU.shape[-1]) if self.w2r is not None else None
+        first = images.R.new_empty(n, images.OC.shape[1], images.OC.shape[-1]) if self.o2w is not None else None
+        for i, a, b in zip(uniq.tolist(), starts, ends):
+            c = cap[a:b]
+            if X is not None:
+                alpha = self.w2r.attention.weights(captions.T[c, :L], images.WR[i:i + 1])  # Eq. 1-2
+                X[a:b] = alpha @ images.RU[i] + captions.TX[c, :L]  # W_ih [u_k; t_k] + b, u_k = α^k R (Eq. 3)
+            if first is not None:
+                beta = self.o2w.attention.weights(images.OW[i:i + 1], captions.S[c, :L], captions.mask[c, :L])  # Eq. 9-10
+                first[a:b] = beta @ captions.SC[c, :L] + images.OC[i]  # layer 1 on [o_j; u_j] (Eq. 11, 13)
+        zeros = images.R.new_zeros(n)
+        f_w2r = self.w2r.mlp(self.w2r.recurrence(X, lengths)).squeeze(-1) if X is not None else zeros
+        f_o2w = self.o2w.mlp[1:](first.flatten(0, 1)).view(n, -1).mean(1) if first is not None else zeros  # Eq. 14
+        score = f_w2r + cfg.lam * f_o2w  # Eq. 19
+        out = [torch.empty_like(v).index_copy_(0, order, v) for v in (score, f_w2r, f_o2w)]
+        return tuple(out) if return_parts else out[0]
+
+    def _check(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor) -> None:
+        cfg = self.cfg
+        if cfg.w2r and (R.dim() != 3 or R.shape[1:] != (cfg.num_regions, cfg.region_dim)):
+            raise ValueError(f"BSSAN expects region grids (B, {cfg.num_regions}, {cfg.region_dim}), got "
+                             f"{tuple(R.shape)}; set num_regions and region_dim to the feature store's grid")
+        if cfg.o2w and (O.dim() != 3 or O.shape[1:] != (cfg.num_objects, cfg.object_dim)):
+            raise ValueError(f"BSSAN expects objects (B, {cfg.num_objects}, {cfg.object_dim}), got "
+                             f"{tuple(O.shape)}; set num_objects and object_dim to the feature store's")
+        if T.dim() != 3 or T.shape[2] != cfg.word_dim or T.shape[1] > cfg.max_length:
+            raise ValueError(f"BSSAN expects word vectors (B, <= {cfg.max_length}, {cfg.word_dim}), got {tuple(T.shape)}")
+        _check_lengths(lengths, T.shape[1])
+
+
+def bssan(preset: str = "paper", variant: str = "bssan", **overrides) -> BSSAN:
+    """Build BSSAN or one of its variants, e.g. ``bssan("small", "w2r")`` for BSSAN_w2r."""
+    return BSSAN(bssan_config(preset, variant, **overrides))
+
+
+def l2_penalty(model: nn.Module) -> Tensor:
+    """L_reg of Eq. 18: the sum of squared weights (matrices of Linear, LSTM and attention W; no biases,
+    no batch-norm parameters)."""
+    terms = [p.pow(2).sum() for name, p in model.named_parameters()
+             if p.requires_grad and p.dim() >= 2]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class BSSANLoss(nn.Module):
+    """Eq. 18: L = L1 (Eq. 7) + λ L2 (Eq. 17) + δ L_reg, with hinge ranking losses
+    max(0, M - Y_i + Y_i^-) averaged (not summed) over the pairs so the learning rate does not depend
+    on the batch size. A variant without one network drops its term."""
+
+    def __init__(self, cfg: BSSANConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, model: BSSAN, positive: dict[str, Tensor], negative: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        zero = positive["score"].new_zeros(())
+        l1 = (cfg.margin - positive["f_w2r"] + negative["f_w2r"]).clamp_min(0).mean() if cfg.w2r else zero  # Eq. 7
+        l2 = (cfg.margin - positive["f_o2w"] + negative["f_o2w"]).clamp_min(0).mean() if cfg.o2w else zero  # Eq. 17
+        reg = l2_penalty(model) if cfg.delta > 0 else zero
+        loss = l1 + cfg.lam * l2 + cfg.delta * reg
+        return {"loss": loss, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}

@@ -1,0 +1,156 @@
+"""BSSAN model: attention invariants, Eq. 8, the fast path against the paper's path, Eq. 18-19 by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmsocial.models.bssan import BSSANLoss, bssan, bssan_config, l2_penalty, word_mask
+
+
+def _inputs(cfg, n=5, seed=0, lengths=None):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n, cfg.num_regions, cfg.region_dim, generator=g)
+    O = torch.randn(n, cfg.num_objects, cfg.object_dim, generator=g)
+    T = torch.randn(n, cfg.max_length, cfg.word_dim, generator=g)
+    lengths = torch.tensor(lengths if lengths is not None else [cfg.max_length, 1, 3, 5, 2][:n])
+    T = T * word_mask(lengths, cfg.max_length)[..., None]  # zero padding, as the system encodes captions
+    return R, O, T, lengths
+
+
+def _model(variant="bssan", seed=0, **kw):
+    torch.manual_seed(seed)
+    return bssan("tiny", variant, **kw).eval()
+
+
+def test_attention_rows_sum_to_one_and_padding_gets_zero():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    out = m(R, O, T, lengths)
+    alpha, beta = out["alpha"], out["beta"]
+    assert alpha.shape == (5, m.cfg.max_length, m.cfg.num_regions)
+    assert beta.shape == (5, m.cfg.num_objects, m.cfg.max_length)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(alpha.shape[:2]))
+    torch.testing.assert_close(beta.sum(-1), torch.ones(beta.shape[:2]))
+    mask = word_mask(lengths, m.cfg.max_length)
+    assert (beta.masked_select(~mask[:, None, :].expand_as(beta)) == 0).all()
+    assert (beta[1, :, 0] == 1).all()  # a one-word caption: all attention on that word
+
+
+def test_negative_pairs_get_exactly_uniform_attention():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    uniform = torch.tensor([False, True, True, False, True])
+    out = m(R, O, T, lengths, uniform=uniform)
+    D = m.cfg.num_regions
+    assert (out["alpha"][uniform] == 1.0 / D).all()  # Eq. 8
+    assert not torch.allclose(out["alpha"][~uniform], torch.full_like(out["alpha"][~uniform], 1.0 / D))
+    beta = out["beta"]
+    for i in np.flatnonzero(uniform.numpy()):
+        L = int(lengths[i])
+        assert (beta[i, :, :L] == 1.0 / L).all() and (beta[i, :, L:] == 0).all()
+    # a uniform row's W2R input is the mean region: u_k = (1/D) Σ_j r_j
+    u = out["alpha"][1] @ R[1]
+    torch.testing.assert_close(u, R[1].mean(0).expand_as(u))
+
+
+def test_negative_attention_softmax_option_ignores_uniform():
+    m = _model(negative_attention="softmax")
+    R, O, T, lengths = _inputs(m.cfg)
+    a = m(R, O, T, lengths, uniform=torch.ones(5, dtype=torch.bool))
+    b = m(R, O, T, lengths)
+    torch.testing.assert_close(a["score"], b["score"])
+
+
+@pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w", "no_reg"])
+def test_batched_pair_scores_equal_one_pair_at_a_time(variant):
+    m = _model(variant, seed=1)
+    # train a few steps so the batch-norm running statistics are not the identity
+    m.train()
+    R, O, T, lengths = _inputs(m.cfg, n=5, seed=2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = m(R, O, T, lengths)["score"].pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    R, O, T, lengths = _inputs(m.cfg, n=5, seed=3, lengths=[8, 1, 3, 5, 2])  # padded captions included
+    with torch.inference_mode():
+        images, captions = m.encode_images(R, O), m.encode_captions(T, lengths)
+        ii, cc = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
+        batched = m.pair_scores(images, captions, ii.reshape(-1), cc.reshape(-1)).view(5, 5)
+        naive = torch.stack([torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["score"][0]
+                                          for c in range(5)]) for i in range(5)])
+        # the caption tensor cut to its own length gives the same score (padding changes nothing)
+        short = m(R[:1], O[:1], T[1:2, :1], lengths[1:2])["score"][0]
+    torch.testing.assert_close(batched, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(short, naive[0, 1], atol=1e-5, rtol=1e-5)
+    assert batched.std() > 0
+
+
+def test_w2r_attention_by_hand():
+    """Eq. 1-3 on a 2-word, 3-region example computed with NumPy."""
+    m = _model("w2r")
+    att = m.w2r.attention
+    with torch.no_grad():
+        W = torch.tensor(np.arange(6 * 5, dtype=np.float32).reshape(6, 5) / 50.0 - 0.3)
+        att.W.copy_(W)
+        att.b.fill_(0.1)
+    t = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)
+    r = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    r4 = np.vstack([r, np.zeros((1, 5), np.float32)])  # tiny preset has D = 4 regions
+    alpha = att.weights(torch.tensor(t)[None], att.project_regions(torch.tensor(r4)[None]))[0].detach().numpy()
+    e = np.tanh(t @ W.numpy() @ r4.T + 0.1)  # Eq. 2
+    expected = np.exp(e) / np.exp(e).sum(1, keepdims=True)  # Eq. 1
+    np.testing.assert_allclose(alpha, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_score_is_eq19_and_variants_drop_a_network():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    out = m(R, O, T, lengths)
+    torch.testing.assert_close(out["score"], out["f_w2r"] + 0.6 * out["f_o2w"])
+    assert m.cfg.lam == 0.6 and m.cfg.delta == 0.01 and m.cfg.max_length == 8
+    assert _model("w2r").o2w is None and _model("o2w").w2r is None
+    assert bssan_config("tiny", "no_reg").delta == 0
+    assert _model("w2r")(R, O, T, lengths)["beta"] is None
+    with pytest.raises(ValueError, match="at least one"):
+        bssan_config("tiny", w2r=False, o2w=False)
+    with pytest.raises(ValueError, match="unknown BSSAN variant"):
+        bssan_config("tiny", "w2r_o2w")
+
+
+def test_paper_preset_has_table1_sizes():
+    cfg = bssan_config("paper")
+    assert (cfg.w2r_lstm, cfg.w2r_mlp, cfg.o2w_lstm, cfg.o2w_mlp) == (1024, (1024, 512, 128), 512, (512, 256, 64))
+    assert (cfg.num_regions, cfg.region_dim, cfg.num_objects, cfg.object_dim, cfg.max_length) == (196, 512, 10, 4096, 30)
+    assert (cfg.lr, cfg.momentum) == (0.01, 0.9)
+
+
+def test_loss_eq18_by_hand():
+    m = _model()
+    cfg = m.cfg
+    pos = {"f_w2r": torch.tensor([1.0, 0.0]), "f_o2w": torch.tensor([0.5, 0.3]), "score": torch.zeros(2)}
+    neg = {"f_w2r": torch.tensor([0.9, -1.0]), "f_o2w": torch.tensor([0.1, 0.4]), "score": torch.zeros(2)}
+    out = BSSANLoss(cfg)(m, pos, neg)
+    l1 = (max(0, 0.2 - 1.0 + 0.9) + max(0, 0.2 - 0.0 - 1.0)) / 2  # Eq. 7 (mean over pairs)
+    l2 = (max(0, 0.2 - 0.5 + 0.1) + max(0, 0.2 - 0.3 + 0.4)) / 2  # Eq. 17
+    reg = sum(float((p.detach() ** 2).sum()) for p in m.parameters() if p.dim() >= 2)
+    assert out["l1"].item() == pytest.approx(l1, abs=1e-6)
+    assert out["l2"].item() == pytest.approx(l2, abs=1e-6)
+    assert out["reg"].item() == pytest.approx(reg, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(l1 + 0.6 * l2 + 0.01 * reg, rel=1e-5)
+    assert l2_penalty(m).item() == pytest.approx(reg, rel=1e-5)
+    no_reg = BSSANLoss(bssan_config("tiny", "no_reg"))(m, pos, neg)
+    assert no_reg["loss"].item() == pytest.approx(l1 + 0.6 * l2, abs=1e-6)
+
+
+def test_bad_shapes_and_lengths_are_errors():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    with pytest.raises(ValueError, match="region grids"):
+        m(R[:, :2], O, T, lengths)
+    with pytest.raises(ValueError, match="objects"):
+        m(R, O[..., :2], T, lengths)
+    with pytest.raises(ValueError, match="lengths"):
+        m(R, O, T, torch.tensor([0, 1, 2, 3, 4]))
