@@ -1,0 +1,524 @@
+"""UHAN (uhan paper): social image popularity from the image, the text and the user, with its Tables 2-4.
+
+Data: posts with a popularity (views, days) and a timestamp -> y = log2(views/days + 1) (Eq. 24);
+the chronological split (first 70% train, the rest 1/3 validation, 2/3 test at random, §4.1.1);
+word ids over the training words seen >= ``min_word_count`` times (max length 50); user ids over the
+training users (0 = unknown user); the cached region grids (MobileNetV2 7x7x1280 offline) when a row
+uses the image.
+
+Rows: the baselines HisAve, SVR (+ w/o V, w/o T), DMF (+ w/o V), DualAtt, and UHAN with its ablations.
+Trained rows validate every ``eval_every`` batches on the validation MSE, stop after ``patience``
+validations without gain, and are tested with the checkpoint of the best validation MSE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_config
+from mmsocial.data.corpus import Corpus, CorpusError
+from mmsocial.eval.protocols_uhan import UHAN_TABLE_ROWS, evaluate_popularity, uhan_table
+from mmsocial.eval.table import ResultTable
+from mmsocial.systems import Cell
+
+log = logging.getLogger(__name__)
+
+NAME = "uhan"
+TITLE = "UHAN"
+PAPER = "uhan-popularity-prediction.md"
+TABLES = ("table2", "table3", "table4", "text")
+
+# row -> (model, variant / feature set)
+_UHAN_ROWS = {"UHAN": "uhan", "UHAN (w/o u)": "wo_u", "UHAN (w/o sc)": "wo_sc", "UHAN (w/o intra)": "wo_intra",
+              "UHAN (w/o inter)": "wo_inter", "UHAN (w/o intra+inter)": "wo_intra_inter", "UHAN (w/o V)": "wo_V",
+              "UHAN (w/o T)": "wo_T", "UHAN (w/o V, w/o u)": "wo_V_u"}
+_SVR_ROWS = {"SVR": ("color", "deep", "tfidf", "glove"), "SVR (w/o V)": ("tfidf", "glove"),
+             "SVR (w/o T)": ("color", "deep")}
+_FUSION_ROWS = {"DMF": ("dmf", True), "DMF (w/o V)": ("dmf", False), "DualAtt": ("dualatt", True)}
+ROWS: tuple[str, ...] = ("HisAve", *_SVR_ROWS, *_FUSION_ROWS, *_UHAN_ROWS)
+_TEXT_ONLY = {"HisAve", "SVR (w/o V)", "DMF (w/o V)", "UHAN (w/o V)", "UHAN (w/o V, w/o u)"}
+_NO_TEXT = {"SVR (w/o T)", "UHAN (w/o T)"}
+
+
+class ModelSettings(StrictModel):
+    """UHAN (and DMF/DualAtt) sizes and schedule; None keeps the preset's value (models/uhan.py PRESETS)."""
+
+    word_dim: Optional[int] = Field(None, ge=1)
+    hidden_dim: Optional[int] = Field(None, ge=1)
+    user_dim: Optional[int] = Field(None, ge=1)
+    att_dim: Optional[int] = Field(None, ge=1)
+    fc_dim: Optional[int] = Field(None, ge=1)
+    max_length: Optional[int] = Field(None, ge=1)
+    lr: Optional[float] = Field(None, gt=0)
+    batch_size: Optional[int] = Field(None, ge=1)
+    eval_every: Optional[int] = Field(None, ge=1, description="optimiser steps between validations (paper: 64)")
+    patience: Optional[int] = Field(None, ge=1, description="validations without gain before stopping (paper: 20)")
+    max_steps: Optional[int] = Field(None, ge=1, description="hard cap on optimiser steps")
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class SVRSettings(StrictModel):
+    C: float = Field(1.0, gt=0)
+    epsilon: float = Field(0.1, ge=0)
+    max_train: Optional[int] = Field(4000, ge=10, description="training posts the SVR sees (a random "
+                                     "subset when there are more: kernel SVR is quadratic in them)")
+    tfidf_dims: int = Field(100, ge=1, description="TF-IDF reduced by truncated SVD to this many dims")
+    color_bins: int = Field(4, ge=2, description="levels per RGB channel of the colour histogram")
+
+
+class Config(ExperimentConfig):
+    """A UHAN experiment; see configs/uhan/*.yaml."""
+
+    system: Literal["uhan"] = "uhan"
+    name: str = "uhan"
+    workdir: str = "runs/uhan"
+    preset: Literal["paper", "default", "small", "tiny"] = "small"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    svr: SVRSettings = Field(default_factory=SVRSettings)
+    backbone: str = "mobilenet_v2"
+    image_size: int = 224
+    weights: str = Field("imagenet", description="backbone weights: imagenet, random (tests), or a path")
+    features: Optional[str] = Field(None, description="region feature folder; default: the corpus's cached "
+                                    "store, else extracted into <workdir>/features")
+    region_pca: Optional[int] = Field(None, ge=1, description="CPU deviation: project the region channels on "
+                                      "their top principal components (fitted on training regions); None = paper")
+    min_word_count: int = Field(5, ge=1, description="training-word frequency to enter the vocabulary (paper 5)")
+    min_text_words: int = Field(0, ge=0, description="drop posts with fewer words (paper: 5; 0 keeps all)")
+    split_seed: int = Field(0, description="seed of the validation/test draw of the chronological split")
+    selection: Literal["val_mse"] = "val_mse"
+    progress: bool = False
+    variant: str = Field("UHAN", description="`mmsocial train uhan`: the row to train")
+
+    @field_validator("rows")
+    @classmethod
+    def _known_rows(cls, rows):
+        bad = [r for r in rows if r not in ROWS]
+        if bad:
+            raise ValueError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
+        return rows
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, tables):
+        bad = [t for t in tables if t not in TABLES]
+        if bad:
+            raise ValueError(f"unknown table(s) {bad}; choose from {list(TABLES)}")
+        return tables
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, v):
+        if v not in _UHAN_ROWS and v not in _FUSION_ROWS:
+            raise ValueError(f"variant must be a trained row, one of {list(_UHAN_ROWS) + list(_FUSION_ROWS)}")
+        return v
+
+    def selected_tables(self) -> list[str]:
+        return list(self.tables or TABLES)
+
+    def selected_rows(self) -> list[str]:
+        if self.rows:
+            return list(self.rows)
+        wanted = {r for t in self.selected_tables() for r in UHAN_TABLE_ROWS[t]}
+        return [r for r in ROWS if r in wanted]
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    """Aligned arrays over the kept posts."""
+
+    post_ids: list[str]
+    split: np.ndarray  # "train" / "val" / "test"
+    y: np.ndarray  # (N,) float32, log2(views/days + 1)
+    users: np.ndarray  # (N,) int64, 0 = unknown user
+    user_raw: list  # (N,) the corpus user ids (None when missing)
+    user_vocabulary: list[str]  # index -> user id (index 0 = "<unknown>")
+    words: np.ndarray  # (N, L) int64 ids, 0 = padding
+    lengths: np.ndarray  # (N,) int64
+    tokens: list[list[str]]
+    texts: list[Optional[str]]
+    word_vocabulary: list[str]
+    regions: Optional[np.ndarray] = None  # (N, M, C) float16, aligned with post_ids; None: text only
+    timestamps: Optional[np.ndarray] = None
+    corpus: Optional[Corpus] = field(default=None, repr=False)
+    _handmade: dict = field(default_factory=dict, repr=False)
+
+    def idx(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    @property
+    def has_images(self) -> bool:
+        return self.regions is not None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps([self.post_ids, self.split.tolist(), self.word_vocabulary,
+                                       self.user_vocabulary]).encode())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        if self.regions is not None:
+            h.update(np.ascontiguousarray(self.regions[:4]).tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> str:
+        sizes = {s: len(self.idx(s)) for s in ("train", "val", "test")}
+        grid = tuple(self.regions.shape[1:]) if self.regions is not None else "none (text only)"
+        return (f"UHAN data: {sizes['train']} train / {sizes['val']} val / {sizes['test']} test posts, "
+                f"{len(self.word_vocabulary)} words, {len(self.user_vocabulary) - 1} users, regions {grid}, "
+                f"y mean {self.y.mean():.3f} std {self.y.std():.3f}")
+
+
+def popularity_target(views, days) -> np.ndarray:
+    """Eq. 24: y = log2(c / d + 1)."""
+    views, days = np.asarray(views, dtype=np.float64), np.asarray(days, dtype=np.float64)
+    return np.log2(views / days + 1.0)
+
+
+def _needs_images(cfg: Config) -> bool:
+    return any(r not in _TEXT_ONLY for r in cfg.selected_rows())
+
+
+def _region_store(corpus: Corpus, cfg: Config, post_ids: list[str]):
+    from mmsocial.features.extract import default_output, extract_features
+    from mmsocial.features.store import FeatureSet, FeatureStoreError
+
+    if cfg.features:
+        return FeatureSet.open(cfg.features)
+    try:
+        fs = FeatureSet.open(default_output(corpus, "regions", cfg.backbone, cfg.image_size))
+        fs.rows(post_ids)
+        return fs
+    except (FeatureStoreError, KeyError, FileNotFoundError):
+        pass
+    out = Path(cfg.workdir) / "features" / f"regions-{cfg.backbone}-{cfg.image_size}"
+    log.info("no cached region grid for every post: extracting into %s", out)
+    return extract_features(corpus, "regions", cfg.backbone, cfg.image_size, out=out, weights=cfg.weights,
+                            progress=cfg.progress)
+
+
+def prepare(corpus: Corpus, cfg: Config) -> Data:
+    """Target, chronological split, vocabularies, token ids, user ids and region grids."""
+    from mmsocial.data.splits import uhan_split
+    from mmsocial.features.text import Vocabulary, encode_texts, tokenize
+
+    posts = corpus.posts
+    y = popularity_target(posts["views"].to_numpy(dtype=float), posts["days"].to_numpy(dtype=float))
+    tokens_all = [tokenize(t) for t in posts["text"]]
+    keep = np.isfinite(y) & (posts["days"].to_numpy(dtype=float) > 0) & posts["timestamp"].notna().to_numpy()
+    if cfg.min_text_words:
+        keep &= np.array([len(t) >= cfg.min_text_words for t in tokens_all])
+    images = _needs_images(cfg)
+    if images:
+        has_image = posts["image"].notna().to_numpy()
+        if not has_image.any():
+            raise ConfigError(f"{corpus.root or corpus.name}: no post has an image, but rows "
+                              f"{[r for r in cfg.selected_rows() if r not in _TEXT_ONLY]} need one; "
+                              f"use the text-only rows (tables: [text])")
+        keep &= has_image
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("UHAN: %d of %d posts dropped (no views/days/timestamp%s%s)", dropped, len(posts),
+                 ", no image" if images else "", f", < {cfg.min_text_words} words" if cfg.min_text_words else "")
+    if keep.sum() < 10:
+        raise CorpusError(f"{corpus.root or corpus.name}: only {int(keep.sum())} posts have views, days > 0 and a "
+                          f"timestamp{' and an image' if images else ''}; UHAN needs popularity data")
+    sub = corpus.filter(keep)
+    split = uhan_split(sub, cfg.split_seed)
+    posts = sub.posts
+    tokens = [t for t, k in zip(tokens_all, keep) if k]
+    tr = np.flatnonzero(split == "train")
+    vocab = Vocabulary.build([tokens[i] for i in tr], min_count=cfg.min_word_count)
+    mcfg = _model_config(cfg, "uhan", 2, 2, 1, 1)
+    words, lengths = encode_texts(tokens, vocab, mcfg.max_length)
+    user_raw = posts["user_id"].tolist()
+    train_users = sorted({u for u in (user_raw[i] for i in tr) if u is not None})
+    user_vocab = ["<unknown>", *train_users]
+    uidx = {u: i for i, u in enumerate(user_vocab)}
+    users = np.array([uidx.get(u, 0) if u is not None else 0 for u in user_raw], dtype=np.int64)
+    ids = posts["post_id"].tolist()
+    regions = None
+    if images:
+        fs = _region_store(sub, cfg, ids)
+        regions = fs.get(ids, dtype=np.float16)
+        if cfg.region_pca:
+            regions = _cached_pca_regions(regions, fs, ids, np.flatnonzero(split == "train"), cfg)
+    data = Data(ids, split, y[keep].astype(np.float32), users, user_raw, user_vocab, words.astype(np.int64),
+                lengths.astype(np.int64), tokens, posts["text"].tolist(), vocab.words, regions,
+                posts["timestamp"].to_numpy(dtype=float), sub)
+    for s in ("train", "val", "test"):
+        if len(data.idx(s)) == 0:
+            raise CorpusError(f"{corpus.root or corpus.name}: the chronological split left no {s} post")
+    return data
+
+
+def _cached_pca_regions(regions: np.ndarray, fs, ids: list[str], train: np.ndarray, cfg: Config) -> np.ndarray:
+    """``_pca_regions``, kept in ``<workdir>/../cache`` so that the experiments of one corpus share it."""
+    key = hashlib.sha256(json.dumps([str(Path(fs.path).resolve()), ids, train.tolist(), cfg.region_pca,
+                                     cfg.split_seed]).encode()).hexdigest()[:16]
+    path = Path(cfg.workdir).resolve().parent / "cache" / f"regions-pca{cfg.region_pca}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = _pca_regions(regions, train, cfg.region_pca, cfg.split_seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, out)
+    os.replace(tmp, path)
+    return out
+
+
+def _pca_regions(regions: np.ndarray, train: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Region channels projected on the top-k principal components of (a sample of) the training regions."""
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(seed)
+    sample = regions[np.sort(rng.choice(train, min(len(train), 150), replace=False))].reshape(-1, regions.shape[2])
+    sample = sample.astype(np.float32)
+    mean = sample.mean(0)
+    k = min(k, regions.shape[2])
+    _, _, vt = randomized_svd(sample - mean, k, n_iter=3, random_state=seed)
+    P = vt.T.astype(np.float32)
+    out = np.empty((*regions.shape[:2], k), dtype=np.float16)
+    for a in range(0, len(regions), 256):
+        out[a:a + 256] = (regions[a:a + 256].astype(np.float32) - mean) @ P
+    log.info("regions: %d channels -> %d principal components", regions.shape[2], k)
+    return out
+
+
+def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
+    return {t: uhan_table(t, cfg.name) for t in cfg.selected_tables()}
+
+
+# ---------------------------------------------------------------------------- models
+def _model_config(cfg: Config, variant: str, num_words: int, num_users: int, num_regions: int, region_dim: int):
+    from mmsocial.models.uhan import uhan_config
+
+    flags = {"use_user": False, "use_visual": False} if variant == "wo_V_u" else {}
+    return uhan_config(cfg.preset, "uhan" if variant == "wo_V_u" else variant, num_words=num_words,
+                       num_users=num_users, num_regions=num_regions, region_dim=region_dim,
+                       **{**cfg.model.overrides(), **flags})
+
+
+def build_model(row: str, cfg: Config, data: Data) -> torch.nn.Module:
+    """The network of a trained row, sized for ``data``."""
+    from mmsocial.models.baselines.popularity import DMF, DualAtt, FusionConfig
+    from mmsocial.models.uhan import UHAN
+
+    M, C = data.regions.shape[1:] if data.regions is not None else (1, 1)
+    if row in _UHAN_ROWS:
+        return UHAN(_model_config(cfg, _UHAN_ROWS[row], len(data.word_vocabulary), len(data.user_vocabulary), M, C))
+    kind, visual = _FUSION_ROWS[row]
+    m = _model_config(cfg, "uhan", len(data.word_vocabulary), len(data.user_vocabulary), M, C)
+    fcfg = FusionConfig(m.num_words, m.num_users, M, C, m.word_dim, m.hidden_dim, m.user_dim, m.att_dim,
+                        m.fc_dim, m.max_length, use_visual=visual)
+    net = DMF(fcfg) if kind == "dmf" else DualAtt(fcfg)
+    net.schedule = m  # lr, batch size, validation schedule
+    return net
+
+
+def _schedule(model: torch.nn.Module):
+    return model.cfg if hasattr(model.cfg, "eval_every") else model.schedule
+
+
+class _Inputs:
+    """The model inputs of the kept posts as tensors (regions stay float16 until a batch is cut)."""
+
+    def __init__(self, data: Data):
+        self.regions = torch.from_numpy(np.ascontiguousarray(data.regions)) if data.regions is not None else None
+        self.words, self.lengths = torch.from_numpy(data.words), torch.from_numpy(data.lengths)
+        self.users, self.y = torch.from_numpy(data.users), torch.from_numpy(data.y)
+
+    def batch(self, rows: torch.Tensor, device="cpu"):
+        rows = rows.cpu()
+        L = int(self.lengths[rows].max().clamp(min=1))  # cut the padding every post of the batch has
+        regions = self.regions[rows].to(device).float() if self.regions is not None else None
+        return (regions, self.words[rows, :L].to(device), self.lengths[rows].to(device),
+                self.users[rows].to(device))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, inputs: _Inputs, idx: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(*inputs.batch(torch.as_tensor(idx[a:a + batch_size]), device)).float().cpu()
+           for a in range(0, len(idx), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def train_network(row: str, seed: int, data: Data, cfg: Config, out_dir: Path,
+                  inputs: Optional[_Inputs] = None):
+    """Train one neural row; returns (model on the best validation checkpoint, TrainResult)."""
+    from mmsocial.models.uhan import mse_loss
+    from mmsocial.train.checkpoint import load_checkpoint
+    from mmsocial.train.data import FeatureDataset
+    from mmsocial.train.trainer import train
+
+    torch.manual_seed(seed)
+    model = build_model(row, cfg, data)
+    s = _schedule(model)
+    inputs = inputs or _Inputs(data)
+    tr, va = data.idx("train"), data.idx("val")
+    tr_t = torch.from_numpy(tr)
+
+    def loss_fn(m, batch):
+        rows = tr_t[batch["row"].cpu()]
+        dev = batch["row"].device
+        return {"loss": mse_loss(m(*inputs.batch(rows, dev)), inputs.y[rows].to(dev))}
+
+    def evaluate(m):
+        pred = predict(m, inputs, va)
+        return {"val_mse": float(np.mean((pred - data.y[va]) ** 2))}
+
+    steps_per_epoch = max(1, -(-len(tr) // s.batch_size))
+    tcfg = {"epochs": max(1, -(-s.max_steps // steps_per_epoch)), "max_steps": s.max_steps,
+            "batch_size": s.batch_size, "optimizer": "adam", "lr": s.lr, "seed": seed, "device": cfg.device,
+            "eval_every": s.eval_every, "progress": cfg.progress, "log_every": max(1, s.eval_every),
+            "early_stopping": {"metric": "val_mse", "mode": "min", "patience": s.patience}}
+    result = train(model, FeatureDataset({"row": np.arange(len(tr))}), loss_fn, tcfg, out_dir, evaluate=evaluate,
+                   resume=False, run_config={"row": row, "uhan": getattr(model.cfg, "to_dict", lambda: {})()})
+    if result.best_checkpoint is not None:
+        load_checkpoint(result.best_checkpoint, model)
+    _cold_start_user(model, data)
+    return model.to("cpu").eval(), result
+
+
+def _cold_start_user(model: torch.nn.Module, data: Data) -> None:
+    """User 0 (unknown) gets the mean embedding of the training users when no training post trained it."""
+    emb = getattr(model, "W_U", None) if hasattr(model, "W_U") else getattr(model, "user", None)
+    if not isinstance(emb, torch.nn.Embedding) or (data.users[data.idx("train")] == 0).any():
+        return
+    with torch.no_grad():
+        emb.weight[0] = emb.weight[1:].mean(0)
+
+
+# ---------------------------------------------------------------------------- baselines
+def _handmade(data: Data, cfg: Config, block: str) -> np.ndarray:
+    """(N, D) hand-made feature block of every kept post, computed once per Data."""
+    if block in data._handmade:
+        return data._handmade[block]
+    from mmsocial.features import handmade
+
+    tr = data.idx("train")
+    if block == "color":
+        X = handmade.color_histograms(data.corpus, data.post_ids, bins=cfg.svr.color_bins, progress=cfg.progress)
+    elif block == "deep":
+        X = np.concatenate([data.regions[a:a + 512].astype(np.float32).mean(1)
+                            for a in range(0, len(data.post_ids), 512)])  # pooled = mean of the grid
+    elif block == "tfidf":
+        X = handmade.tfidf_features([data.texts[i] for i in tr], data.texts, cfg.svr.tfidf_dims)
+    elif block == "glove":
+        from mmsocial.features.text import load_glove
+
+        words, vectors = load_glove()
+        X = handmade.mean_word_vectors(data.tokens, words, vectors)
+    else:
+        raise ValueError(f"unknown feature block {block!r}")
+    data._handmade[block] = X
+    return X
+
+
+def _svr(row: str, seed: int, data: Data, cfg: Config) -> tuple[np.ndarray, dict]:
+    from mmsocial.models.baselines.popularity import SVRRegressor, select_feature_blocks
+
+    tr, va, te = data.idx("train"), data.idx("val"), data.idx("test")
+    blocks = {b: _handmade(data, cfg, b) for b in _SVR_ROWS[row]}
+
+    def fit(Xtr, ytr):
+        return SVRRegressor(cfg.svr.C, cfg.svr.epsilon, max_train=cfg.svr.max_train, random_state=seed).fit(Xtr, ytr)
+
+    chosen, scores = select_feature_blocks({b: {"train": X[tr], "val": X[va]} for b, X in blocks.items()},
+                                           {"train": data.y[tr], "val": data.y[va]},
+                                           lambda Xtr, ytr, Xva: fit(Xtr, ytr).predict(Xva))
+    X = np.concatenate([blocks[b] for b in chosen], 1)
+    model = fit(X[tr], data.y[tr])
+    return model.predict(X[te]), {"metric": "val_mse", "mode": "min", "chosen_features": "+".join(chosen),
+                                  "val_mse_by_features": scores}
+
+
+# ---------------------------------------------------------------------------- one cell
+def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cell:
+    """Fit/train one row with one seed and score its test predictions (MSE, MAE, Spearman)."""
+    from mmsocial.models.baselines.popularity import HisAve
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tr, te = data.idx("train"), data.idx("test")
+    history, selection, diagnostics = [], None, {}
+    if row == "HisAve":
+        his = HisAve().fit([data.user_raw[i] for i in tr], data.y[tr])
+        pred = his.predict([data.user_raw[i] for i in te])
+    elif row in _SVR_ROWS:
+        pred, selection = _svr(row, seed, data, cfg)
+    elif row in _UHAN_ROWS or row in _FUSION_ROWS:
+        if data.regions is None and row not in _TEXT_ONLY:
+            raise ConfigError(f"row {row!r} needs the image, but this corpus has no region features")
+        model, result = train_network(row, seed, data, cfg, Path(workdir))
+        pred = predict(model, _Inputs(data), te)
+        history = [{k: float(v) for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]
+        selection = {"metric": "val_mse", "mode": "min", "best_step": result.best_step,
+                     "best_val_mse": result.best_metric, "last_step": result.steps,
+                     "stopped_early": result.stopped_early,
+                     "checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None}
+    else:
+        raise ConfigError(f"unknown UHAN row {row!r}; choose from {list(ROWS)}")
+    diagnostics = {"prediction_std": float(np.std(pred)), "target_std": float(np.std(data.y[te]))}
+    return Cell(evaluate_popularity(row, cfg.selected_tables(), data.y[te], pred), history, selection, diagnostics)
+
+
+# ---------------------------------------------------------------------------- train / demo
+def load_corpus_for(cfg: Config) -> Corpus:
+    if cfg.corpus and (Path(cfg.corpus) / "posts.parquet").is_file():
+        return Corpus.load(cfg.corpus)
+    if cfg.synthetic is None:
+        raise CorpusError(f"{cfg.corpus}: no corpus there (posts.parquet missing); build one with "
+                          f"`mmsocial data ...` or add a `synthetic:` section to the config")
+    from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
+
+    out = Path(cfg.corpus or Path(cfg.workdir) / "corpus")
+    log.info("no corpus at %s: building the synthetic corpus the config describes", out)
+    return make_synthetic_corpus(SyntheticConfig(posts=cfg.synthetic.posts, seed=cfg.synthetic.seed), out)
+
+
+def train(cfg: Config) -> Path:
+    """`mmsocial train uhan`: train ``cfg.variant`` on the corpus (first seed); save what predict needs."""
+    from safetensors.torch import save_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    row = cfg.variant
+    cfg = cfg.model_copy(update={"rows": [row]})
+    data = prepare(load_corpus_for(cfg), cfg)
+    log.info(data.describe())
+    run_dir = Path(cfg.workdir)
+    seed = cfg.seeds[0] if cfg.seeds else 0
+    model, result = train_network(row, seed, data, cfg, run_dir / "training", _Inputs(data))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(run_dir / "model.safetensors"))
+    (run_dir / "uhan.json").write_text(json.dumps({
+        "row": row, "config": cfg.model_dump(mode="json"), "words": data.word_vocabulary,
+        "users": data.user_vocabulary, "regions": list(data.regions.shape[1:]) if data.regions is not None else None,
+        "best_val_mse": result.best_metric, "best_step": result.best_step, "steps": result.steps}))
+    log.info(result.summary())
+    return run_dir
+
+
+DEMO_ROWS = ["HisAve", "DMF", "UHAN"]
+
+
+def demo(corpus_dir: Path, workdir: Path):
+    """UHAN's part of `mmsocial demo`: UHAN against HisAve and DMF (Table 2 rows), one seed, short schedule."""
+    from mmsocial.experiment import run_experiment
+
+    return run_experiment({"system": NAME, "name": "demo", "corpus": str(corpus_dir), "workdir": str(workdir),
+                           "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table2"],
+                           "threads": 1, "model": {"max_steps": 160, "patience": 4}})
