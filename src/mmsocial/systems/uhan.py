@@ -152,6 +152,7 @@ class Data:
     word_vocabulary: list[str]
     regions: Optional[np.ndarray] = None  # (N, M, C) float16, aligned with post_ids; None: text only
     timestamps: Optional[np.ndarray] = None
+    region_pca: Optional[tuple[np.ndarray, np.ndarray]] = None  # (mean (C,), P (C, k)) when reduced
     corpus: Optional[Corpus] = field(default=None, repr=False)
     _handmade: dict = field(default_factory=dict, repr=False)
 
@@ -246,39 +247,42 @@ def prepare(corpus: Corpus, cfg: Config) -> Data:
     uidx = {u: i for i, u in enumerate(user_vocab)}
     users = np.array([uidx.get(u, 0) if u is not None else 0 for u in user_raw], dtype=np.int64)
     ids = posts["post_id"].tolist()
-    regions = None
+    regions, pca = None, None
     if images:
         fs = _region_store(sub, cfg, ids)
         regions = fs.get(ids, dtype=np.float16)
         if cfg.region_pca:
-            regions = _cached_pca_regions(regions, fs, ids, np.flatnonzero(split == "train"), cfg)
+            regions, pca = _cached_pca_regions(regions, fs, ids, np.flatnonzero(split == "train"), cfg)
     data = Data(ids, split, y[keep].astype(np.float32), users, user_raw, user_vocab, words.astype(np.int64),
                 lengths.astype(np.int64), tokens, posts["text"].tolist(), vocab.words, regions,
-                posts["timestamp"].to_numpy(dtype=float), sub)
+                posts["timestamp"].to_numpy(dtype=float), pca, sub)
     for s in ("train", "val", "test"):
         if len(data.idx(s)) == 0:
             raise CorpusError(f"{corpus.root or corpus.name}: the chronological split left no {s} post")
     return data
 
 
-def _cached_pca_regions(regions: np.ndarray, fs, ids: list[str], train: np.ndarray, cfg: Config) -> np.ndarray:
+def _cached_pca_regions(regions: np.ndarray, fs, ids: list[str], train: np.ndarray, cfg: Config):
     """``_pca_regions``, kept in ``<workdir>/../cache`` so that the experiments of one corpus share it."""
     key = hashlib.sha256(json.dumps([str(Path(fs.path).resolve()), ids, train.tolist(), cfg.region_pca,
                                      cfg.split_seed]).encode()).hexdigest()[:16]
-    path = Path(cfg.workdir).resolve().parent / "cache" / f"regions-pca{cfg.region_pca}-{key}.npy"
+    path = Path(cfg.workdir).resolve().parent / "cache" / f"regions-pca{cfg.region_pca}-{key}.npz"
     if path.is_file():
-        return np.load(path)
-    out = _pca_regions(regions, train, cfg.region_pca, cfg.split_seed)
+        z = np.load(path)
+        return z["regions"], (z["mean"], z["P"])
+    mean, P = fit_region_pca(regions, train, cfg.region_pca, cfg.split_seed)
+    out = np.empty((*regions.shape[:2], P.shape[1]), dtype=np.float16)
+    for a in range(0, len(regions), 256):
+        out[a:a + 256] = project_regions(regions[a:a + 256], mean, P)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, out)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, regions=out, mean=mean, P=P)
     os.replace(tmp, path)
-    return out
+    return out, (mean, P)
 
 
-def _pca_regions(regions: np.ndarray, train: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Region channels projected on the top-k principal components of (a sample of) the training regions."""
+def fit_region_pca(regions: np.ndarray, train: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (C,) and top-k principal directions P (C, k) of the regions of (150 of) the training posts."""
     from sklearn.utils.extmath import randomized_svd
 
     rng = np.random.default_rng(seed)
@@ -287,12 +291,12 @@ def _pca_regions(regions: np.ndarray, train: np.ndarray, k: int, seed: int) -> n
     mean = sample.mean(0)
     k = min(k, regions.shape[2])
     _, _, vt = randomized_svd(sample - mean, k, n_iter=3, random_state=seed)
-    P = vt.T.astype(np.float32)
-    out = np.empty((*regions.shape[:2], k), dtype=np.float16)
-    for a in range(0, len(regions), 256):
-        out[a:a + 256] = (regions[a:a + 256].astype(np.float32) - mean) @ P
     log.info("regions: %d channels -> %d principal components", regions.shape[2], k)
-    return out
+    return mean, vt.T.astype(np.float32)
+
+
+def project_regions(regions: np.ndarray, mean: np.ndarray, P: np.ndarray) -> np.ndarray:
+    return (np.asarray(regions, dtype=np.float32) - mean) @ P
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
@@ -502,14 +506,171 @@ def train(cfg: Config) -> Path:
     run_dir = Path(cfg.workdir)
     seed = cfg.seeds[0] if cfg.seeds else 0
     model, result = train_network(row, seed, data, cfg, run_dir / "training", _Inputs(data))
+    te = data.idx("test")
+    test = evaluate_popularity(row, ["table2", "table3", "table4", "text"], data.y[te], predict(model, _Inputs(data), te))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, str(run_dir / "model.safetensors"))
+    if data.region_pca is not None:
+        np.savez(run_dir / "region_pca.npz", mean=data.region_pca[0], P=data.region_pca[1])
     (run_dir / "uhan.json").write_text(json.dumps({
         "row": row, "config": cfg.model_dump(mode="json"), "words": data.word_vocabulary,
         "users": data.user_vocabulary, "regions": list(data.regions.shape[1:]) if data.regions is not None else None,
-        "best_val_mse": result.best_metric, "best_step": result.best_step, "steps": result.steps}))
+        "best_val_mse": result.best_metric, "best_step": result.best_step, "steps": result.steps,
+        "test": next(iter(test.values()), {}),
+        "test_posts": [data.post_ids[i] for i in te]}))
     log.info(result.summary())
     return run_dir
+
+
+@dataclass
+class Predictor:
+    """A trained UHAN run loaded for prediction (``load_predictor``)."""
+
+    model: torch.nn.Module
+    cfg: Config
+    row: str
+    words: dict[str, int]
+    users: dict[str, int]
+    pca: Optional[tuple[np.ndarray, np.ndarray]]
+    max_length: int
+    _backbone: Any = None
+
+    @property
+    def uses_image(self) -> bool:
+        return self.row not in _TEXT_ONLY
+
+    def regions_of(self, image_path: Path) -> torch.Tensor:
+        from PIL import Image
+
+        from mmsocial.features.backbones import image_to_tensor, load_backbone
+
+        image_path = Path(image_path)
+        if not image_path.is_file():
+            raise FileNotFoundError(f"image {image_path} does not exist")
+        try:
+            with Image.open(image_path) as im:
+                x = image_to_tensor(im, self.cfg.image_size)[None]
+        except OSError as e:
+            raise ValueError(f"image {image_path} is unreadable ({e})") from None
+        if self._backbone is None:
+            self._backbone = load_backbone(self.cfg.backbone, self.cfg.weights)
+        with torch.no_grad():
+            r = self._backbone.region_grid(x).numpy()
+        if self.pca is not None:
+            r = project_regions(r, *self.pca)
+        return torch.from_numpy(np.asarray(r, dtype=np.float32))
+
+    def predict(self, text: str, user: Optional[str], image: Optional[Path] = None) -> dict[str, Any]:
+        """ŷ for one new post, with its attention weights; an unknown user is the cold-start user 0."""
+        from mmsocial.features.text import tokenize
+
+        if text is None or not str(text).strip():
+            raise ValueError("the text is empty: UHAN predicts from a text (and an image and a user)")
+        tokens = tokenize(text)[: self.max_length]
+        ids = [self.words.get(w, 1) for w in tokens]
+        if not ids:
+            raise ValueError(f"the text {text!r} has no word (only punctuation?)")
+        regions = None
+        if self.uses_image:
+            if image is None:
+                raise ValueError(f"row {self.row!r} uses the image: pass an image path")
+            regions = self.regions_of(image)
+        known = user is not None and user in self.users
+        u = torch.tensor([self.users[user] if known else 0])
+        words, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+        with torch.no_grad():
+            if hasattr(self.model, "attend"):
+                out = self.model.attend(regions, words, lengths, u)
+            else:
+                out = {"y": self.model(regions, words, lengths, u)}
+        res = {"popularity": float(out["y"][0]), "known_user": known, "tokens": tokens}
+        if "alpha_T" in out:
+            res["word_weights"] = [float(a) for a in out["alpha_T"][0, :len(tokens)]]
+        if "alpha_V" in out:
+            res["region_weights"] = [float(a) for a in out["alpha_V"][0]]
+        if "a" in out:
+            res["modality_weights"] = {"image": float(out["a"][0, 0]), "text": float(out["a"][0, 1])}
+        return res
+
+
+def load_predictor(run_dir: str | Path) -> Predictor:
+    """Load what `mmsocial train uhan` saved in ``run_dir``."""
+    from safetensors.torch import load_model
+
+    run_dir = Path(run_dir)
+    info_file = run_dir / "uhan.json"
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no uhan.json (train a model first: mmsocial train uhan --config ...)")
+    info = json.loads(info_file.read_text())
+    cfg = Config.model_validate(info["config"])
+    M, C = info["regions"] or (1, 1)
+    shell = Data([], np.array([]), np.zeros(0, np.float32), np.zeros(0, np.int64), [], info["users"],
+                 np.zeros((0, 1), np.int64), np.zeros(0, np.int64), [], [], info["words"],
+                 np.zeros((0, M, C), np.float16) if info["regions"] else None)
+    model = build_model(info["row"], cfg, shell)
+    load_model(model, str(run_dir / "model.safetensors"))
+    pca = None
+    if (run_dir / "region_pca.npz").is_file():
+        z = np.load(run_dir / "region_pca.npz")
+        pca = (z["mean"], z["P"])
+    max_length = model.cfg.max_length
+    return Predictor(model.eval(), cfg, info["row"], {w: i for i, w in enumerate(info["words"])},
+                     {u: i for i, u in enumerate(info["users"]) if i > 0}, pca, max_length)
+
+
+def add_commands(groups) -> None:
+    """`mmsocial predict popularity` and `mmsocial viz uhan-attention`."""
+    import typer
+
+    @groups["predict"].command("popularity")
+    def predict_popularity(run_dir: Path = typer.Argument(..., help="folder written by `mmsocial train uhan`"),
+                           text: str = typer.Option(..., help="the post's text (title and description)"),
+                           user: Optional[str] = typer.Option(None, help="the author's user id (unknown: cold start)"),
+                           image: Optional[Path] = typer.Option(None, help="the image file"),
+                           views: Optional[float] = typer.Option(None, help="known view count, to print the error"),
+                           days: Optional[float] = typer.Option(None, help="days since posting, with --views")):
+        """Predict the popularity score log2(views/days + 1) of a new post with a trained UHAN run."""
+        try:
+            truth = None
+            if views is not None or days is not None:
+                if views is None or days is None or not np.isfinite(views) or not np.isfinite(days) \
+                        or views < 0 or days <= 0:
+                    raise ValueError(f"--views and --days must both be given, finite, views >= 0 and days > 0; "
+                                     f"got views={views}, days={days}")
+                truth = float(popularity_target(views, days))
+            res = load_predictor(run_dir).predict(text, user, image)
+        except (ValueError, FileNotFoundError, CorpusError, ConfigError) as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"predicted popularity: {res['popularity']:.3f}"
+                   + (f" (true {truth:.3f}, error {res['popularity'] - truth:+.3f})" if truth is not None else ""))
+        if not res["known_user"]:
+            typer.echo(f"user {user!r} is not among the training users: predicted as the cold-start user")
+        if "word_weights" in res:
+            typer.echo("word weights: " + " ".join(f"{w}:{a:.2f}" for w, a in zip(res["tokens"], res["word_weights"])))
+        if "modality_weights" in res:
+            typer.echo("modality weights: image {image:.2f}, text {text:.2f}".format(**res["modality_weights"]))
+
+    @groups["viz"].command("uhan-attention")
+    def viz_attention(run_dir: Path = typer.Argument(..., help="folder written by `mmsocial train uhan`"),
+                      corpus: Path = typer.Option(..., help="the corpus the run was trained on"),
+                      out: Path = typer.Option(Path("uhan-attention.png"), help="picture to write"),
+                      posts: int = typer.Option(3, help="how many test posts to draw")):
+        """Region heat maps and word weights of UHAN for a few test posts (one row per post)."""
+        from mmsocial.viz.popularity import attention_grid
+
+        info = json.loads((Path(run_dir) / "uhan.json").read_text())
+        pred = load_predictor(run_dir)
+        c = Corpus.load(corpus)
+        items = []
+        for pid in info.get("test_posts", [])[:posts]:
+            row = c.row(pid)
+            img = c.image_path(pid)
+            res = pred.predict(row["text"] or "", row["user_id"], img)
+            y = float(popularity_target(row["views"], row["days"]))
+            items.append((c.open_image(pid), res, y))
+        attention_grid(items, out)
+        typer.echo(f"wrote {out}")
 
 
 DEMO_ROWS = ["HisAve", "DMF", "UHAN"]
