@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mmsocial.data.corpus import Corpus
-from mmsocial.experiment import DMANExperimentConfig, prepare_dman_data, train_dman
+from mmsocial.experiment import load_corpus
+from mmsocial.systems.dman import Config, prepare, train_model
 from mmsocial.models.dman import dman
 
 
@@ -66,22 +67,20 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = DMANExperimentConfig(corpus=args.corpus, synthetic={"posts": args.posts}, workdir=args.workdir,
-                               preset=args.preset)
-    from mmsocial.experiment import load_corpus
+    cfg = Config(corpus=args.corpus, synthetic={"posts": args.posts}, workdir=args.workdir,
+                 preset=args.preset, model={"epochs": args.epochs}, train={"progress": False})
     corpus = load_corpus(cfg)
     if "objects" not in corpus.posts:
         raise SystemExit(f"{args.corpus}: not a synthetic corpus (no 'objects' column with ground-truth boxes)")
     image_size = int(corpus.meta["synthetic"]["image_size"])
-    data = prepare_dman_data(corpus, cfg)
+    data = prepare(corpus, cfg)
     te = data.idx("test")
 
     torch.manual_seed(args.seed)
     untrained = dman(args.preset, num_words=data.tags.shape[1], region_dim=data.regions.shape[2])
     acc0, uniform, pairs = pointing(untrained, data, corpus, te, image_size)
     t = time.perf_counter()
-    model, _ = train_dman(data, "dman", args.preset, Path(args.workdir) / "dman", args.seed,
-                          {"epochs": args.epochs}, {"progress": False})
+    model, _ = train_model(data, "dman", cfg, Path(args.workdir) / "dman", args.seed)
     seconds = time.perf_counter() - t
     acc, _, _ = pointing(model, data, corpus, te, image_size)
     print(f"corpus {args.corpus}: {len(te)} test posts, {pairs} (post, object) pairs with the object's "

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from mmsocial import systems
 from mmsocial.cli import app
 
 TINY = str(Path(__file__).parents[1] / "configs" / "dman" / "tiny.yaml")
@@ -17,8 +18,8 @@ def test_demo_runs_end_to_end_and_reports_every_system(tmp_path):
     table2 = report[report.index("Table 2"):report.index("Table 3")]
     for row in ("| CCA |", "| KCCA |", "| DCCA |", "| DMAN_Triplet |", "| DMAN_Triplet+Text |", "| DMAN |"):
         assert row in table2
-    for system in ("DU2MCE", "EISR", "BSSAN", "UHAN"):
-        assert f"## {system}\n\nnot implemented yet" in report
+    for module in systems.all_systems():  # every registered system reports; unregistered ones are absent
+        assert f"## {module.TITLE}\n" in report
     assert (tmp_path / "corpus" / "posts.parquet").is_file()
 
 
@@ -33,5 +34,14 @@ def test_train_and_experiment_commands_name_bad_settings(tmp_path):
     assert not (tmp_path / "missing").exists()  # a corpus named on the command line is never generated
     bad_type = runner.invoke(app, ["experiment", TINY, "--set", "seeds=many"])
     assert bad_type.exit_code == 2 and "seeds" in bad_type.output
-    unknown = runner.invoke(app, ["train", "uhan", "--config", TINY])
-    assert unknown.exit_code == 2 and "no trainer for system 'uhan'" in unknown.output
+    unknown = runner.invoke(app, ["train", "nosuchsystem", "--config", TINY])
+    assert unknown.exit_code == 2 and "nosuchsystem" in unknown.output
+    assert "lfc_dims" in runner.invoke(app, ["train", "dman", "--config", TINY, "--corpus", str(tmp_path),
+                                             "--set", "model.lfc_dims=wide"]).output
+
+
+def test_cli_has_the_system_command_groups():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for group in ("data", "features", "train", "experiment", "demo", "viz", "predict"):
+        assert group in result.output

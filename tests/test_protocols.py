@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mmsocial.eval.protocols import (euclidean_scores, label_queries, multilabel_classification,
-                                     multilabel_scores, one_hot_queries, tag_query_search)
+from mmsocial.eval.protocols.dman import (label_queries, multilabel_classification, multilabel_scores,
+                                          one_hot_queries, tag_query_search)
 from mmsocial.eval.table import ResultTable, ResultTables
 
 
@@ -42,7 +42,19 @@ def test_tag_query_search_known_answer():
     assert m["P@2"] == pytest.approx((0.5 + 0.5) / 2)
     assert m["P@4"] == pytest.approx(0.5)
     assert "P@50" not in m  # more than the 4 images: left out, prints "-"
-    assert np.allclose(-euclidean_scores(queries, images)[0], ((images - queries[0]) ** 2).sum(1))
+
+
+def test_tag_query_search_matches_brute_force_euclidean_ranking(rng):
+    queries, images = rng.normal(size=(7, 5)), rng.normal(size=(40, 5))
+    relevant = rng.random((7, 40)) < 0.3
+    dist = ((queries[:, None, :] - images[None, :, :]) ** 2).sum(-1)
+    order = np.argsort(dist, axis=1, kind="stable")
+    m = tag_query_search(queries, images, relevant, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        expected = np.mean([relevant[q, order[q, :k]].sum() / k for q in range(7)])
+        assert m[f"P@{k}"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="relevance"):
+        tag_query_search(queries, images, relevant[:, :5])
 
 
 def test_label_queries_only_labels_in_tag_vocabulary():
@@ -69,60 +81,3 @@ def test_result_table_markdown_csv_json(tmp_path):
         t.save(tmp_path / "t.txt")
     both = ResultTables([t, ResultTable("Table 3", ["P@1"])])
     assert both["Table 3"].metrics == ["P@1"] and "Table 2" in both.to_markdown()
-
-
-def _toy_dman_data(rng, n=160, d=4, m=16):
-    from mmsocial.experiment import DMANData
-
-    cls = rng.integers(0, 4, n)
-    regions = 0.3 * rng.normal(size=(n, d, m)).astype(np.float32)
-    regions[np.arange(n), cls, cls] += 3.0
-    vocab = ["a", "b", "c", "d", "x", "y", "z", "w"]
-    tags = np.zeros((n, len(vocab)), dtype=np.float32)
-    tags[np.arange(n), cls] = 1
-    tags[np.arange(n), 4 + rng.integers(0, 4, n)] = 1  # noise tags
-    labels = np.zeros((n, 4), dtype=np.float32)
-    labels[np.arange(n), cls] = 1
-    split = np.array(["train"] * 100 + ["val"] * 20 + ["test"] * 40)
-    return DMANData([f"p{i}" for i in range(n)], split, regions, np.arange(n), tags, labels, vocab,
-                    ["a", "b", "c", "d"])
-
-
-def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path, capsys):
-    from mmsocial.experiment import DMANExperimentConfig, run_dman_experiment
-
-    cfg = DMANExperimentConfig(workdir=str(tmp_path / "run"), preset="tiny", seeds=[0], num_tags=8,
-                               model={"epochs": 3, "batch_size": 16},
-                               baselines={"n_components": 3, "kcca_features": 50, "dcca_epochs": 5,
-                                          "dcca_hidden": [16]},
-                               classifier={"hidden": [16, 16], "epochs": 30, "patience": 5, "batch_size": 16, "lr": 1e-2},
-                               train={"progress": False})
-    data = _toy_dman_data(rng)
-    tables = run_dman_experiment(cfg, data=data, progress=False)
-    t2, t3 = tables
-    assert list(t2.rows) == ["CCA", "KCCA", "DCCA", "DMAN_Triplet", "DMAN_Triplet+Text", "DMAN"]
-    assert "DMAN_Triplet" not in t3.rows and "DMAN" in t3.rows  # image-only variant has no query
-    assert t3.metrics == ["P@1", "P@5", "P@10", "P@20", "P@50"] and len(t3.values("DMAN", "P@50")) == 0
-    # the pooled image feature alone separates the toy classes, so CCA's Table 2 must be high
-    assert t2.mean("CCA", "Micro-F1") > 0.9
-    for name in ("table2.json", "table2.csv", "table2.md", "table3.md", "DMAN-seed0/train_config.yaml"):
-        assert (tmp_path / "run" / name).exists(), name
-    # a rerun (e.g. after a kill) keeps every finished (row, seed) cell instead of training it again
-    capsys.readouterr()
-    again = run_dman_experiment(cfg, data=data, progress=False)
-    assert capsys.readouterr().out.count("kept from an earlier run") == 6
-    assert again[0].to_markdown() == t2.to_markdown() and again[1].to_markdown() == t3.to_markdown()
-    # a changed setting invalidates the kept cells
-    cfg.classifier.epochs = 31
-    run_dman_experiment(cfg, data=data, progress=False)
-    assert "kept from an earlier run" not in capsys.readouterr().out
-
-
-def test_experiment_config_errors():
-    from mmsocial.config import ConfigError
-    from mmsocial.experiment import DMANExperimentConfig, run_experiment
-
-    with pytest.raises(ValueError, match="unknown row"):
-        DMANExperimentConfig(rows=["CCA", "HNE"])
-    with pytest.raises(ConfigError, match="no experiment runner"):
-        run_experiment({"system": "uhan"})

@@ -3,19 +3,56 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from mmsocial import systems
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect corpora.")
 features_app = typer.Typer(no_args_is_help=True, help="Extract and cache features.")
+viz_app = typer.Typer(no_args_is_help=True, help="Pictures of what a trained system does.")
+predict_app = typer.Typer(no_args_is_help=True, help="Run a trained system on new posts.")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(viz_app, name="viz")
+app.add_typer(predict_app, name="predict")
+# command groups a system may add commands to (its optional ``add_commands(GROUPS)``)
+GROUPS: dict[str, typer.Typer] = {"data": data_app, "features": features_app, "viz": viz_app,
+                                  "predict": predict_app}
 
-SYSTEMS = ("dman", "du2mce", "eisr", "bssan", "uhan")
+
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on the current stdout (resolved per record, so test runners that
+    swap sys.stdout see them), written around any progress bar on the screen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("mmsocial")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        handler = _EchoHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@app.callback()
+def _main() -> None:
+    """mmsocial: learning from social multimedia (see `mmsocial COMMAND --help`)."""
+    _configure_logging()
 
 
 def _fail(msg: str) -> None:
@@ -106,6 +143,65 @@ def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to 
     typer.echo(c.describe())
 
 
+# ---------------------------------------------------------------------------- dataset readers
+def _layout_help(summary: str, layout: str) -> str:
+    """A reader's --help: the summary, then the expected layout with its line breaks kept (click's \\b)."""
+    return f"{summary}\n\n\b\nExpected layout:\n" + layout.replace("\n\n", "\n")
+
+
+def _read_dataset(read, out: Path, **kwargs) -> None:
+    from mmsocial.data.corpus import CorpusError
+
+    try:
+        c = read(**kwargs)
+    except (CorpusError, ValueError) as e:
+        _fail(str(e))
+    c.save(out)
+    typer.echo(c.describe())
+
+
+from mmsocial.data.layouts import MIRFLICKR_LAYOUT, NUSWIDE_LAYOUT, VOC2007_LAYOUT  # noqa: E402
+
+
+@data_app.command("nus-wide", help=_layout_help("Build a corpus from NUS-WIDE as downloaded (ROOT = the folder "
+                                                "holding ImageList/, Groundtruth/, NUS_WID_Tags/).", NUSWIDE_LAYOUT))
+def data_nuswide(root: Path = typer.Argument(..., help="the unpacked NUS-WIDE folder"),
+                 out: Path = typer.Option(..., help="corpus folder to write"),
+                 images: Optional[Path] = typer.Option(None, help="image folder (default ROOT/Flickr)"),
+                 tags: str = typer.Option("auto", help="all (All_Tags.txt) | 1k (AllTags1k.txt) | auto")):
+    from mmsocial.data.readers import read_nuswide
+
+    _read_dataset(read_nuswide, out, root=root, images=images, tags=tags)
+
+
+@data_app.command("mirflickr", help=_layout_help("Build a corpus from MIRFlickr-25K as downloaded (ROOT = "
+                                                 "mirflickr/ or the folder holding it).", MIRFLICKR_LAYOUT))
+def data_mirflickr(root: Path = typer.Argument(..., help="mirflickr/, or the folder both archives were unpacked in"),
+                   out: Path = typer.Option(..., help="corpus folder to write"),
+                   annotations: Optional[Path] = typer.Option(None, help="annotation folder (default: the "
+                                                              "sibling mirflickr25k_annotations_v080/)"),
+                   label_set: str = typer.Option("relevant", help="relevant (14 _r1 concepts) | potential (24) | both")):
+    from mmsocial.data.readers import read_mirflickr
+
+    _read_dataset(read_mirflickr, out, root=root, annotations=annotations, label_set=label_set)
+
+
+@data_app.command("voc2007", help=_layout_help("Build a corpus from PASCAL VOC 2007 and the LEAR Flickr tags as "
+                                               "downloaded (ROOT = VOCdevkit/VOC2007 or a folder holding "
+                                               "VOCdevkit/).", VOC2007_LAYOUT))
+def data_voc2007(root: Path = typer.Argument(..., help="VOCdevkit/VOC2007, or the folder holding VOCdevkit/"),
+                 out: Path = typer.Option(..., help="corpus folder to write"),
+                 tags: Optional[Path] = typer.Option(None, help="folder of the pascal07_* tag files (default: "
+                                                     "searched in ROOT, VOC2007/, the VOCdevkit parent, sub-folders)"),
+                 no_tags: bool = typer.Option(False, "--no-tags", help="read VOC without tags"),
+                 tag_set: str = typer.Option("pascal07", help="prefix of the LEAR tag files"),
+                 include_difficult: bool = typer.Option(True, help="count objects marked difficult as labels")):
+    from mmsocial.data.readers import read_voc2007
+
+    _read_dataset(read_voc2007, out, root=root, tags_dir=tags, with_tags=not no_tags, tag_set=tag_set,
+                  include_difficult=include_difficult)
+
+
 # ---------------------------------------------------------------------------- features
 @features_app.command("extract")
 def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
@@ -146,34 +242,37 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
 
 
 # ---------------------------------------------------------------------------- train / experiment
-# system -> (module, function(config, corpus, out, overrides) -> run folder); systems add a line here
-TRAINERS = {"dman": ("mmsocial.experiment", "train_dman_command")}
+SystemName = Enum("SystemName", {name: name for name in systems.names()}, type=str)
 
 
 @app.command("train")
-def train_cmd(system: str = typer.Argument(..., help=f"one of {', '.join(SYSTEMS)}"),
-              config: Path = typer.Option(..., help="YAML preset, e.g. configs/dman/small.yaml"),
-              corpus: Optional[Path] = typer.Option(None, help="corpus folder (overrides the config's)"),
+def train_cmd(system: SystemName = typer.Argument(..., help="a registered system"),
+              config: Path = typer.Option(..., help="YAML preset, e.g. configs/<system>/small.yaml"),
+              corpus: Optional[Path] = typer.Option(None, help="corpus folder (overrides the config's; "
+                                                    "never generated)"),
               out: Optional[Path] = typer.Option(None, help="run folder (default: the config's workdir)"),
-              override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set model.epochs=5")):
+              override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set train.epochs=5")):
     """Train one model of SYSTEM on a corpus; writes checkpoints, logs and vocabularies to the run folder."""
-    import importlib
-
-    from mmsocial.config import ConfigError
+    from mmsocial.config import ConfigError, load_config, parse_overrides
     from mmsocial.data.corpus import CorpusError
 
-    if system not in TRAINERS:
-        _fail(f"no trainer for system {system!r} yet; available: {sorted(TRAINERS)}")
-    module, name = TRAINERS[system]
+    module = systems.get(system.value)
     try:
-        run_dir = getattr(importlib.import_module(module), name)(config, corpus, out, override)
+        ov = parse_overrides(override)
+        if corpus is not None:
+            ov["corpus"] = str(corpus)
+            ov["synthetic"] = None  # a corpus named on the command line is used as it is, never generated
+        if out is not None:
+            ov["workdir"] = str(out)
+        cfg = load_config(config, module.Config, ov)  # a bad key or value fails before anything runs
+        run_dir = module.train(cfg)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"trained {system}: {run_dir}")
+    typer.echo(f"trained {module.TITLE}: {run_dir}")
 
 
 @app.command("experiment")
-def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/dman/table2.yaml"),
+def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/<system>/table2.yaml"),
                    override: list[str] = typer.Option([], "--set", help="dotted override, e.g. --set seeds=[0]")):
     """Train every row of a paper table over its seeds and print the table(s) (mean ± std)."""
     from mmsocial.config import ConfigError
@@ -190,10 +289,16 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
 @app.command()
 def demo(workdir: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
          posts: int = typer.Option(2000, help="synthetic corpus size")):
-    """The main job: corpus -> features -> every system that exists -> report."""
+    """The main job: corpus -> features -> every registered system -> report."""
     from mmsocial.demo import run_demo
 
     run_demo(workdir, posts=posts)
+
+
+# ---------------------------------------------------------------------------- systems' own commands
+for _module in systems.all_systems():
+    if hasattr(_module, "add_commands"):
+        _module.add_commands(GROUPS)
 
 
 def main() -> None:  # pragma: no cover

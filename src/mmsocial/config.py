@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 __all__ = [
     "ConfigError", "StrictModel", "SyntheticSpec", "ExperimentConfig", "EarlyStoppingConfig", "TrainConfig",
-    "load_config", "parse_overrides", "apply_overrides", "save_config",
+    "load_config", "parse_overrides", "apply_overrides", "save_config", "partial_model",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -78,6 +78,17 @@ class TrainConfig(StrictModel):
         return self
 
 
+def partial_model(model: type[StrictModel], name: str) -> type[StrictModel]:
+    """A model with ``model``'s fields, each optional with default None: the typed shape of a
+    section of overrides (e.g. a system config's ``train:``). Key names and types are checked
+    here; the values' ranges are checked when the overrides are applied to ``model``.
+    ``overrides.model_dump(exclude_unset=True)`` gives only the keys that were written."""
+    fields = {n: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation],
+                  Field(None, description=f.description)) for n, f in model.model_fields.items()}
+    return create_model(name, __base__=StrictModel, __doc__=f"Overrides of {model.__name__} (None = "
+                        f"not overridden).", **fields)
+
+
 class SyntheticSpec(StrictModel):
     """A synthetic corpus to build when the config's corpus folder does not exist yet."""
 
@@ -108,6 +119,8 @@ def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the model's fields)"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
 

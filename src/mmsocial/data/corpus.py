@@ -254,6 +254,11 @@ class Corpus:
             "popularity": int(p["views"].isna().sum()),
         }
 
+    def mostly_missing(self, threshold: float = 0.5) -> dict[str, float]:
+        """Modality -> fraction of posts without it, for the modalities missing on more than ``threshold``."""
+        n = len(self.posts)
+        return {k: v / n for k, v in self.missing_modalities().items() if n and v / n > threshold}
+
     # ------------------------------------------------------------------ derived corpora
     def filter(self, keep: "np.ndarray | pd.Series | Callable[[pd.DataFrame], pd.Series]") -> "Corpus":
         """The posts where ``keep`` is true, with links between kept posts only and their users."""
@@ -291,6 +296,7 @@ class Corpus:
             "links_by_kind": {k: int(v) for k, v in self.links["kind"].value_counts().items()},
             "splits": {str(k): int(v) for k, v in p["split"].value_counts(dropna=False).items()},
             "missing": self.missing_modalities(),
+            "mostly_missing": {k: round(f, 4) for k, f in self.mostly_missing().items()},
         }
 
     def describe(self) -> str:
@@ -302,6 +308,9 @@ class Corpus:
         lines.append(f"  {'links by kind':<20} {s['links_by_kind']}")
         lines.append(f"  {'splits':<20} {s['splits']}")
         lines.append(f"  {'missing modalities':<20} {s['missing']}")
+        if s["mostly_missing"]:
+            lines.append(f"  {'empty for most posts':<20} " + ", ".join(
+                f"{k} ({s['missing'][k]} of {s['posts']}, {f:.0%})" for k, f in s["mostly_missing"].items()))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ disk

@@ -32,6 +32,28 @@ Every system module has the same small shape (``systems/dman.py`` is the referen
     def add_commands(groups: dict[str, typer.Typer]) -> None
         # extra CLI commands of the system under the groups "viz", "predict" (e.g. `viz attention`)
 
+What the runner (``mmsocial.experiment``) gives a system and expects of it:
+
+    run_experiment(config, overrides=None, progress=True, data=None) -> ExperimentResult
+        # config: YAML path, dict or Config object; ``system:`` picks the module; the whole config
+        # (overrides included) is validated with ``module.Config`` before any corpus is read.
+        # ``data``: a prepared ``Data`` (skips the corpus and ``prepare``: tests, notebooks).
+        # Cells run for seed in cfg.seeds, for row in (cfg.rows or ROWS); cell (row, seed) gets
+        # workdir ``cell_dir(cfg.workdir, row, seed)`` = ``<workdir>/<row>-seed<seed>`` and is kept
+        # there (result.json) under a fingerprint of cfg (minus seeds/rows/name/workdir/threads) and
+        # ``data.fingerprint()``. ``Cell.metrics[table]`` fills ``new_tables(...)[table]``.
+    ExperimentResult: .system, .tables (name -> ResultTable), .cells ((row, seed) -> Cell),
+        .timings (list of {row, seed, seconds, kept}), .config (dict), .workdir,
+        .to_markdown() / str(), .save(dir), ExperimentResult.load(dir), .compare(other) -> ResultTables
+    load_corpus(cfg) -> Corpus      # cfg.corpus, or the synthetic corpus cfg.synthetic describes
+        # (built only into an absent or empty folder); a system's ``train`` uses it too
+    config.partial_model(Model, name)  # typed "overrides of Model" section, e.g. DMAN's ``train:``
+
+Empty ``rows``/``tables`` mean every row/table (a Config may also default them to all, as DMAN's
+does). ``demo`` is usually ``run_experiment({...a dict...}, progress=False)``. The CLI runs
+``train(cfg)`` after ``load_config(--config, Config, --set overrides + --corpus/--out)``, and
+``add_commands`` gets the groups "data", "features", "viz", "predict".
+
 Library code in a system reports through ``logging`` (``log = logging.getLogger(__name__)``); only
 cli.py and demo.py print.
 """

@@ -1,0 +1,461 @@
+"""DMAN as a system: settings, data preparation, the rows of Tables 2 and 3, one (row, seed) cell,
+`mmsocial train dman` and DMAN's part of the demo. The model itself is ``models/dman.py``; the
+protocols are ``eval/protocols/dman.py``.
+
+    from mmsocial.experiment import run_experiment
+    result = run_experiment("configs/dman/table2.yaml")      # or `mmsocial experiment ...`
+
+Recipe: corpus -> DMAN split (4:1, validation carved from train) -> top-L tag vectors -> cached
+region grids -> label graph over the training posts -> for each seed and row (CCA, KCCA, DCCA,
+DMAN_Triplet, DMAN_Triplet+Text, DMAN) train, embed, run both protocols.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, TrainConfig, load_config, partial_model
+from mmsocial.data.corpus import Corpus, CorpusError
+from mmsocial.eval.table import ResultTable
+from mmsocial.systems import Cell
+
+log = logging.getLogger(__name__)
+
+NAME = "dman"
+TITLE = "DMAN"
+PAPER = "dman-social-image-embedding.md"
+ROWS = ("CCA", "KCCA", "DCCA", "DMAN_Triplet", "DMAN_Triplet+Text", "DMAN")
+TABLES = ("table2", "table3")
+VARIANT_OF_ROW = {"DMAN_Triplet": "triplet", "DMAN_Triplet+Text": "triplet_text", "DMAN": "dman"}
+
+
+# ---------------------------------------------------------------------------- settings
+class ModelSettings(StrictModel):
+    """Overrides of ``models.dman.DMANConfig`` (None = the preset's value). ``num_words``,
+    ``num_regions`` and ``region_dim`` are always set from the data when a model is built;
+    ``variant`` is the row's in an experiment and this value (default "dman") in `train`."""
+
+    variant: Optional[Literal["dman", "triplet", "triplet_text"]] = None
+    num_words: Optional[int] = Field(None, ge=1)
+    num_regions: Optional[int] = Field(None, ge=1)
+    region_dim: Optional[int] = Field(None, ge=1)
+    lfc_dims: Optional[list[int]] = None
+    fc_dims: Optional[list[int]] = None
+    dropout: Optional[float] = Field(None, ge=0, lt=1)
+    margin: Optional[float] = None
+    k_negatives: Optional[int] = Field(None, ge=1)
+    similarity: Optional[Literal["eq1", "cosine"]] = None
+    lam: Optional[float] = None
+    beta: Optional[float] = None
+    bce_word_mean: Optional[bool] = None
+    lr: Optional[float] = Field(None, gt=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1)
+    nesterov: Optional[bool] = None
+    batch_size: Optional[int] = Field(None, ge=1)
+    epochs: Optional[int] = Field(None, ge=1)
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields that were set (variant excluded), as keyword arguments of ``dman_config``."""
+        return {k: v for k, v in self.model_dump(exclude_unset=True).items() if v is not None and k != "variant"}
+
+
+TrainOverrides = partial_model(TrainConfig, "TrainOverrides")
+
+
+class BaselineSettings(StrictModel):
+    n_components: int = Field(64, ge=1, description="canonical components of CCA, KCCA and DCCA")
+    cca_reg: float = Field(1e-3, ge=0)
+    kcca_reg: float = Field(1e-1, ge=0)
+    kcca_features: int = Field(1000, ge=1, description="Nyström landmarks per view")
+    dcca_hidden: list[int] = [512, 256]
+    dcca_epochs: int = Field(50, ge=1)
+    dcca_lr: float = Field(1e-3, gt=0)
+
+
+class ClassifierSettings(StrictModel):
+    hidden: list[int] = [512, 256]
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(10, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class Config(ExperimentConfig):
+    """Everything one DMAN experiment or training run needs; see configs/dman/*.yaml."""
+
+    system: Literal["dman"] = "dman"
+    name: str = "dman"
+    workdir: str = "runs/dman"
+    backbone: str = "mobilenet_v2"
+    image_size: int = 224
+    weights: str = Field("imagenet", description="backbone weights: imagenet, random (tests), or a path")
+    num_tags: int = Field(300, ge=1, description="L: the most frequent training tags")
+    max_links: int = Field(50, ge=1, description="links kept per node (paper: 50)")
+    split_seed: int = 0
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train kept for validation")
+    preset: Literal["default", "small", "tiny"] = "small"
+    model: ModelSettings = Field(default_factory=ModelSettings, description="DMANConfig overrides")
+    rows: list[str] = Field(default_factory=lambda: list(ROWS), description="table rows to run; empty = every row")
+    tables: list[Literal["table2", "table3"]] = Field(default_factory=lambda: list(TABLES))
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    train: TrainOverrides = Field(default_factory=TrainOverrides, description="TrainConfig overrides; "
+                                  "optimiser, lr, momentum, batch size and epochs default to the DMAN config")
+    selection: Optional[Literal["val_loss", "val_hinge", "val_bce"]] = Field(
+        None, description="validation metric (minimised) whose best epoch is kept; None keeps the last "
+        "epoch. Sets train.early_stopping (patience = every epoch) unless that is given")
+    baseline_embedding: Literal["image", "both"] = Field(
+        "image", description="Table 2 post embedding of CCA/KCCA/DCCA: the image view's projection "
+        "(like DMAN, whose Y = f_w(V) sees the image only) or both projected views concatenated")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is); 1 is "
+                                   "much faster than oversubscribed threads on a busy machine")
+
+    @field_validator("rows")
+    @classmethod
+    def _known_rows(cls, rows):
+        bad = [r for r in rows if r not in ROWS]
+        if bad:
+            raise ValueError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
+        return rows or list(ROWS)
+
+    @field_validator("tables")
+    @classmethod
+    def _all_tables(cls, tables):
+        return tables or list(TABLES)
+
+    @model_validator(mode="after")
+    def _check_model_and_train(self) -> "Config":
+        # Build the model and trainer settings once so that a bad value fails before any corpus is read.
+        try:
+            mcfg = model_config(self, self.model.variant or "dman")
+        except ValueError as e:
+            raise ValueError(f"model: {e}") from None
+        try:
+            train_config(self, mcfg, seed=0)
+        except ConfigError as e:
+            raise ValueError(str(e).replace("<dict>: <root>: ", "train: ").replace("<dict>: ", "train.")) from None
+        return self
+
+
+def model_config(cfg: Config, variant: str, **from_data):
+    from mmsocial.models.dman import dman_config
+
+    return dman_config(cfg.preset, variant, **{**cfg.model.overrides(), **from_data})
+
+
+def train_config(cfg: Config, mcfg, seed: int) -> TrainConfig:
+    """The trainer settings of one DMAN run: the model config's optimiser and schedule, then ``cfg.train``."""
+    overrides = cfg.train.model_dump(exclude_unset=True)
+    if cfg.selection and "early_stopping" not in overrides:
+        overrides["early_stopping"] = {"metric": cfg.selection, "mode": "min", "patience": mcfg.epochs}
+    return load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": "sgd", "lr": mcfg.lr,
+                        "momentum": mcfg.momentum, "nesterov": mcfg.nesterov, "seed": seed,
+                        "device": cfg.device,
+                        **overrides}, TrainConfig)
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class DMANData:
+    """Aligned arrays over the kept posts (image, >= 1 label, >= 1 vocabulary tag)."""
+
+    post_ids: list[str]
+    split: np.ndarray  # "train" / "val" / "test"
+    regions: Any  # (N, D, M) array-like (memmap rows re-indexed by ``region_rows``)
+    region_rows: np.ndarray  # row of each kept post in ``regions``
+    tags: np.ndarray  # (N, L) float32
+    labels: np.ndarray  # (N, C) float32
+    tag_vocabulary: list[str]
+    label_vocabulary: list[str]
+    _pooled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def idx(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def region_block(self, idx: np.ndarray) -> np.ndarray:
+        rows = self.region_rows[idx]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.regions.shape[1:]), dtype=np.float32)
+        out[order] = self.regions[rows[order]]
+        return out
+
+    def pooled(self, idx: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Mean of the region grid: the pooled CNN vector the baselines see."""
+        if len(idx) == 0:
+            return np.zeros((0, self.regions.shape[2]), dtype=np.float32)
+        return np.concatenate([self.region_block(idx[a:a + chunk]).mean(1) for a in range(0, len(idx), chunk)])
+
+    def pooled_split(self, split: str) -> np.ndarray:
+        """``pooled`` of one split, computed once."""
+        if split not in self._pooled:
+            self._pooled[split] = self.pooled(self.idx(split))
+        return self._pooled[split]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps([self.post_ids, self.split.tolist(), self.tag_vocabulary,
+                                       self.label_vocabulary, list(self.regions.shape)]).encode())
+        h.update(np.ascontiguousarray(self.tags).tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update(np.ascontiguousarray(self.region_block(np.arange(min(4, len(self.post_ids))))).tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> str:
+        return (f"{len(self.idx('train'))} train / {len(self.idx('val'))} val / {len(self.idx('test'))} test posts, "
+                f"L={len(self.tag_vocabulary)} tags, {len(self.label_vocabulary)} labels, "
+                f"regions {tuple(self.regions.shape[1:])}")
+
+
+def prepare(corpus: Corpus, cfg: Config, regions=None) -> DMANData:
+    """Split, vocabularies, tag/label vectors and the cached region grids (extracted if missing).
+    ``regions``: a FeatureSet or (N, D, M) array aligned with the corpus, to skip the extraction."""
+    from mmsocial.data.splits import dman_split
+    from mmsocial.features.text import tag_vectors, top_tags
+
+    posts = corpus.posts
+    split = dman_split(corpus, cfg.split_seed)
+    rng = np.random.default_rng([cfg.split_seed, 1])
+    train = np.flatnonzero(split == "train")
+    split[rng.choice(train, int(round(cfg.val_fraction * len(train))), replace=False)] = "val"
+    vocab = top_tags(posts["tags"][split == "train"], cfg.num_tags)
+    tags = tag_vectors(list(posts["tags"]), vocab)
+    keep = posts["image"].notna().to_numpy() & (posts["labels"].map(len).to_numpy() > 0) & (tags.sum(1) > 0)
+    if keep.sum() < 10:
+        raise CorpusError(f"{corpus.root or corpus.name}: only {keep.sum()} posts have an image, a label and "
+                          f"a tag among the top {cfg.num_tags}; DMAN needs labelled, tagged images")
+    label_vocab = sorted({lab for labs in posts["labels"][keep] for lab in labs})
+    labels = tag_vectors(list(posts["labels"][keep]), label_vocab)
+    ids = posts["post_id"][keep].tolist()
+    if regions is None:
+        from mmsocial.features.extract import extract_features
+
+        regions = extract_features(corpus, "regions", cfg.backbone, cfg.image_size, weights=cfg.weights)
+    rows = regions.rows(ids) if hasattr(regions, "rows") else np.flatnonzero(keep)
+    array = regions.data if hasattr(regions, "data") else regions
+    out = DMANData(ids, split[keep], array, rows, tags[keep], labels, vocab, label_vocab)
+    for s in ("train", "test"):
+        if len(out.idx(s)) == 0:
+            raise CorpusError(f"{corpus.root or corpus.name}: no {s} post left after filtering")
+    return out
+
+
+def link_graph(data: DMANData, split: str, max_links: int, seed: int):
+    """DMAN §4.1: link two posts of ``split`` that share a label, at most ``max_links`` per node."""
+    from mmsocial.data.graph import LinkGraph, label_links
+
+    idx = data.idx(split)
+    label_lists = [list(np.flatnonzero(row)) for row in data.labels[idx]]
+    links = label_links(label_lists, max_per_node=max_links, seed=seed)
+    return LinkGraph.from_pairs(len(idx), links["src"].to_numpy(), links["dst"].to_numpy())
+
+
+# ---------------------------------------------------------------------------- DMAN training
+def batch_loss(loss_fn, regions: torch.Tensor, tags: torch.Tensor, k: int):
+    """Loss of one triplet batch laid out as [anchors (B), positives (B), negatives (B*K)] rows."""
+    def loss(model, batch):
+        rows = batch["row"]
+        b = len(rows) // (2 + k)
+        anchors, negatives = rows[:b], rows[2 * b:].view(b, k)
+        order = torch.argsort(anchors)
+        slots = order[torch.searchsorted(anchors[order], negatives)]  # negatives are batch anchors (§3.2)
+        device = rows.device
+        y = model(regions[rows[:2 * b].cpu()].to(device))
+        ya, yp = y[:b], y[b:]
+        return loss_fn(ya, yp, ya[slots], y, tags[rows[:2 * b].cpu()].to(device))
+    return loss
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, regions, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    model.eval()
+    if len(regions) == 0:
+        return np.zeros((0, model.cfg.num_words), dtype=np.float32)
+    out = [model(torch.as_tensor(np.asarray(regions[a:a + batch_size], dtype=np.float32), device=device)).cpu()
+           for a in range(0, len(regions), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: int = 0):
+    """Train one DMAN variant on the training posts with the shared trainer; returns (model, TrainResult)."""
+    from mmsocial.data.graph import TripletSampler
+    from mmsocial.models.dman import DMANLoss, dman
+    from mmsocial.train.data import FeatureDataset
+    from mmsocial.train.trainer import train
+
+    tr = data.idx("train")
+    from_data = {"num_words": data.tags.shape[1], "region_dim": data.regions.shape[2],
+                 "num_regions": data.regions.shape[1]}
+    mcfg = model_config(cfg, variant, **from_data)
+    torch.manual_seed(seed)
+    model = dman(cfg.preset, variant=variant, **{**cfg.model.overrides(), **from_data})
+    tcfg = train_config(cfg, mcfg, seed)
+    regions = torch.from_numpy(data.region_block(tr))
+    tags = torch.from_numpy(data.tags[tr])
+    graph = link_graph(data, "train", cfg.max_links, seed)
+
+    def sampler_factory(epoch, rank, world_size):
+        s = TripletSampler(graph, tcfg.batch_size, mcfg.k_negatives, seed, rank, world_size)
+        s.set_epoch(epoch)
+        return [np.concatenate([b.anchors, b.positives, b.negatives.ravel()]) for b in s]
+
+    loss_fn = DMANLoss(mcfg)
+    evaluate = None
+    va = data.idx("val")
+    val_graph = link_graph(data, "val", cfg.max_links, seed) if len(va) > mcfg.k_negatives + 1 else None
+    if val_graph is not None and (val_graph.degree > 0).sum() > mcfg.k_negatives + 1:
+        val_regions, val_tags = torch.from_numpy(data.region_block(va)), torch.from_numpy(data.tags[va])
+        val_batches = [np.concatenate([b.anchors, b.positives, b.negatives.ravel()])
+                       for b in TripletSampler(val_graph, tcfg.batch_size, mcfg.k_negatives, seed)]
+        val_loss = batch_loss(loss_fn, val_regions, val_tags, mcfg.k_negatives)
+
+        def evaluate(m):
+            dev = next(m.parameters()).device
+            parts = [val_loss(m, {"row": torch.as_tensor(b, device=dev)}) for b in val_batches]
+            return {f"val_{k}": float(np.mean([p[k].item() for p in parts])) for k in ("loss", "hinge", "bce")}
+
+    result = train(model, FeatureDataset({"row": np.arange(len(tr))}), batch_loss(loss_fn, regions, tags,
+                   mcfg.k_negatives), tcfg, out_dir, evaluate=evaluate, sampler_factory=sampler_factory,
+                   resume=False, run_config={"dman": mcfg.to_dict()})
+    if tcfg.early_stopping.metric and result.best_checkpoint is not None:
+        from mmsocial.train.checkpoint import load_checkpoint
+        load_checkpoint(result.best_checkpoint, model)
+    return model.to("cpu").eval(), result
+
+
+def _history_and_selection(result) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    history = [{k: float(v) for k, v in row.items() if isinstance(v, (int, float))} for row in result.history]
+    best_epoch = next((r["epoch"] for r in history if r.get("step") == result.best_step), None)
+    if result.metric:
+        selection = {"metric": result.metric, "mode": "min" if result.metric.startswith("val_") else None,
+                     "best_epoch": best_epoch, "last_epoch": float(result.epochs),
+                     "stopped_early": bool(result.stopped_early)}
+    else:
+        selection = {"metric": None, "kept": "last epoch", "last_epoch": float(result.epochs)}
+    return history, selection
+
+
+# ---------------------------------------------------------------------------- tables and cells
+class _RegionView:
+    """Row-sliceable view of the region grids of some posts (for batched embedding)."""
+
+    def __init__(self, data: DMANData, idx: np.ndarray):
+        self.data, self.idx = data, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return self.data.region_block(self.idx[s])
+
+
+def _queries(data: DMANData):
+    """Table 3's queries: (label index, tag index) pairs, their one-hot tag vectors, and relevance (Q, N_test)."""
+    from mmsocial.eval.protocols.dman import label_queries, one_hot_queries
+
+    queries = label_queries(data.label_vocabulary, data.tag_vocabulary)
+    q_onehot = one_hot_queries([t for _, t in queries], len(data.tag_vocabulary))
+    relevant = data.labels[data.idx("test")][:, [li for li, _ in queries]].T > 0
+    return queries, q_onehot, relevant
+
+
+def new_tables(cfg: Config, data: DMANData) -> dict[str, ResultTable]:
+    from mmsocial.eval.protocols.dman import table2, table3
+
+    n_queries = len(_queries(data)[0])
+    log.info("Table 3 queries: %d of %d labels found in the tag vocabulary", n_queries, len(data.label_vocabulary))
+    make = {"table2": lambda: table2(f"Table 2: multi-label classification ({cfg.name})"),
+            "table3": lambda: table3(f"Table 3: tag-query image search ({cfg.name}, {n_queries} queries)")}
+    return {name: make[name]() for name in TABLES if name in cfg.tables}
+
+
+def _baseline(row: str, cfg: Config, seed: int):
+    from mmsocial.models.baselines import CCA, DCCA, KCCA
+
+    b = cfg.baselines
+    if row == "CCA":
+        return CCA(b.n_components, reg=b.cca_reg)
+    if row == "KCCA":
+        return KCCA(b.n_components, reg=b.kcca_reg, n_features=b.kcca_features, random_state=seed)
+    return DCCA(b.n_components, hidden=tuple(b.dcca_hidden), epochs=b.dcca_epochs, lr=b.dcca_lr,
+                random_state=seed, device=cfg.device)
+
+
+def run_cell(row: str, seed: int, data: DMANData, cfg: Config, workdir: Path) -> Cell:
+    """Train (or fit) one row of the tables with one seed; its Table 2 and Table 3 metrics."""
+    from mmsocial.eval.protocols.dman import multilabel_classification, tag_query_search
+
+    if row not in ROWS:
+        raise ValueError(f"unknown DMAN row {row!r}; choose from {list(ROWS)}")
+    splits = {s: data.idx(s) for s in ("train", "val", "test")}
+    queries, q_onehot, relevant = _queries(data)
+    history, selection = [], None
+    if row in VARIANT_OF_ROW:
+        model, result = train_model(data, VARIANT_OF_ROW[row], cfg, Path(workdir), seed)
+        history, selection = _history_and_selection(result)
+        emb = {s: embed(model, _RegionView(data, i)) for s, i in splits.items()}
+        q_emb = model.query(torch.from_numpy(q_onehot)).numpy() if model.cfg.uses_text else None
+        img_test = emb["test"]
+    else:
+        X = {s: data.pooled_split(s) for s in splits}
+        T = {s: data.tags[i] for s, i in splits.items()}
+        model = _baseline(row, cfg, seed).fit(X["train"], T["train"])
+        emb = {s: (model.transform(X[s], T[s]) if cfg.baseline_embedding == "both"
+                   else model.transform_x(X[s])) if len(X[s]) else None for s in X}
+        q_emb, img_test = model.transform_y(q_onehot) if queries else None, model.transform_x(X["test"])
+    metrics: dict[str, dict[str, float]] = {}
+    c = cfg.classifier
+    lab = {s: data.labels[i] for s, i in splits.items()}
+    if "table2" in cfg.tables:
+        has_val = len(splits["val"]) > 0
+        metrics["table2"] = multilabel_classification(
+            emb["train"], lab["train"], emb["test"], lab["test"],
+            emb["val"] if has_val else None, lab["val"] if has_val else None, seed=seed,
+            hidden=tuple(c.hidden), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
+            dropout=c.dropout)
+    if "table3" in cfg.tables and q_emb is not None and queries:
+        metrics["table3"] = tag_query_search(q_emb, img_test, relevant)
+    metrics = {t: {m: float(x) for m, x in v.items()} for t, v in metrics.items()}
+    diagnostics = {"embedding_variance": float(np.var(emb["test"], axis=0).mean())} if emb["test"] is not None else {}
+    return Cell(metrics, history, selection, diagnostics)
+
+
+# ---------------------------------------------------------------------------- train command and demo
+def train(cfg: Config) -> Path:
+    """`mmsocial train dman`: train the config's DMAN variant (``model.variant``, default "dman") on the
+    corpus's training posts with the first seed; the run folder gets the checkpoints and vocabularies."""
+    from mmsocial.experiment import load_corpus
+
+    variant = cfg.model.variant or "dman"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = prepare(load_corpus(cfg), cfg)
+    log.info("DMAN %s: %s", variant, data.describe())
+    run_dir = Path(cfg.workdir)
+    model, result = train_model(data, variant, cfg, run_dir, cfg.seeds[0] if cfg.seeds else 0)
+    (run_dir / "vocabulary.json").write_text(json.dumps(
+        {"tags": data.tag_vocabulary, "labels": data.label_vocabulary, "variant": variant,
+         "preset": cfg.preset, "model": model.cfg.to_dict()}, indent=1))
+    log.info("%s", result.summary())
+    return run_dir
+
+
+DEMO_SETTINGS: Mapping[str, Any] = {
+    "system": NAME, "seeds": [0], "name": "demo", "preset": "small", "baselines": {"dcca_epochs": 30},
+    "classifier": {"epochs": 60}, "model": {"epochs": 8}, "train": {"progress": False}}
+
+
+def demo(corpus_dir: Path, workdir: Path):
+    """DMAN's part of `mmsocial demo`: Tables 2 and 3 on one seed with a short schedule (~2-3 min on
+    CPU for 2000 synthetic posts with cached features)."""
+    from mmsocial.experiment import run_experiment
+
+    return run_experiment({**DEMO_SETTINGS, "corpus": str(corpus_dir), "workdir": str(workdir)}, progress=False)
