@@ -68,6 +68,7 @@ from typing import Any, Optional
 # name -> module; adding a system is one line here
 REGISTRY: dict[str, str] = {
     "dman": "mmsocial.systems.dman",
+    "uhan": "mmsocial.systems.uhan",
 }
 
 

@@ -23,11 +23,11 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
-from mmsocial.eval.protocols_uhan import UHAN_TABLE_ROWS, evaluate_popularity, uhan_table
+from mmsocial.eval.protocols.uhan import UHAN_TABLE_ROWS, evaluate_popularity, uhan_table
 from mmsocial.eval.table import ResultTable
 from mmsocial.systems import Cell
 
@@ -101,6 +101,15 @@ class Config(ExperimentConfig):
     progress: bool = False
     variant: str = Field("UHAN", description="`mmsocial train uhan`: the row to train")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rows_of_tables(cls, data):
+        """Empty ``rows``: the rows of the selected tables (every table when ``tables`` is empty)."""
+        if isinstance(data, dict) and not data.get("rows"):
+            tables = [t for t in (data.get("tables") or TABLES) if t in UHAN_TABLE_ROWS]
+            data = {**data, "rows": list(dict.fromkeys(r for t in tables for r in UHAN_TABLE_ROWS[t]))}
+        return data
+
     @field_validator("rows")
     @classmethod
     def _known_rows(cls, rows):
@@ -128,10 +137,7 @@ class Config(ExperimentConfig):
         return list(self.tables or TABLES)
 
     def selected_rows(self) -> list[str]:
-        if self.rows:
-            return list(self.rows)
-        wanted = {r for t in self.selected_tables() for r in UHAN_TABLE_ROWS[t]}
-        return [r for r in ROWS if r in wanted]
+        return list(self.rows) or list(dict.fromkeys(r for t in self.selected_tables() for r in UHAN_TABLE_ROWS[t]))
 
 
 # ---------------------------------------------------------------------------- data
@@ -300,7 +306,13 @@ def project_regions(regions: np.ndarray, mean: np.ndarray, P: np.ndarray) -> np.
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
-    return {t: uhan_table(t, cfg.name) for t in cfg.selected_tables()}
+    """The selected tables, their selected rows laid out in the paper's order (filled by the runner)."""
+    tables = {t: uhan_table(t, cfg.name) for t in cfg.selected_tables()}
+    for name, table in tables.items():
+        for row in UHAN_TABLE_ROWS[name]:
+            if row in cfg.selected_rows():
+                table.rows[row] = {m: {} for m in table.metrics}
+    return tables
 
 
 # ---------------------------------------------------------------------------- models
@@ -480,19 +492,6 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
 
 
 # ---------------------------------------------------------------------------- train / demo
-def load_corpus_for(cfg: Config) -> Corpus:
-    if cfg.corpus and (Path(cfg.corpus) / "posts.parquet").is_file():
-        return Corpus.load(cfg.corpus)
-    if cfg.synthetic is None:
-        raise CorpusError(f"{cfg.corpus}: no corpus there (posts.parquet missing); build one with "
-                          f"`mmsocial data ...` or add a `synthetic:` section to the config")
-    from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
-
-    out = Path(cfg.corpus or Path(cfg.workdir) / "corpus")
-    log.info("no corpus at %s: building the synthetic corpus the config describes", out)
-    return make_synthetic_corpus(SyntheticConfig(posts=cfg.synthetic.posts, seed=cfg.synthetic.seed), out)
-
-
 def train(cfg: Config) -> Path:
     """`mmsocial train uhan`: train ``cfg.variant`` on the corpus (first seed); save what predict needs."""
     from safetensors.torch import save_model
@@ -501,7 +500,9 @@ def train(cfg: Config) -> Path:
         torch.set_num_threads(cfg.threads)
     row = cfg.variant
     cfg = cfg.model_copy(update={"rows": [row]})
-    data = prepare(load_corpus_for(cfg), cfg)
+    from mmsocial.experiment import load_corpus
+
+    data = prepare(load_corpus(cfg), cfg)
     log.info(data.describe())
     run_dir = Path(cfg.workdir)
     seed = cfg.seeds[0] if cfg.seeds else 0
@@ -682,4 +683,5 @@ def demo(corpus_dir: Path, workdir: Path):
 
     return run_experiment({"system": NAME, "name": "demo", "corpus": str(corpus_dir), "workdir": str(workdir),
                            "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table2"],
-                           "threads": 1, "model": {"max_steps": 160, "patience": 4}})
+                           "threads": 1, "region_pca": 128, "model": {"max_steps": 160, "patience": 4}},
+                          progress=False)
