@@ -85,9 +85,9 @@ class UHANConfig:
 
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # CPU-sized, same structure: MobileNetV2 7x7x1280 grid projected to 128, 128-d words/states/users
-    "small": dict(num_regions=49, region_dim=1280, word_dim=128, hidden_dim=128, user_dim=128, att_dim=128,
-                  fc_dim=128, max_length=50, batch_size=128, eval_every=8, patience=6, max_steps=600),
+    # CPU-sized, same structure: MobileNetV2 7x7 grid, 64-d words/states/users/attention, a short schedule
+    "small": dict(num_regions=49, region_dim=1280, word_dim=64, hidden_dim=64, user_dim=64, att_dim=64,
+                  fc_dim=64, max_length=50, batch_size=128, eval_every=10, patience=8, max_steps=300),
     "tiny": dict(num_words=30, num_users=5, num_regions=4, region_dim=6, word_dim=8, hidden_dim=8, user_dim=8,
                  att_dim=8, fc_dim=8, max_length=7, batch_size=8, eval_every=2, patience=2, max_steps=10),
 }
