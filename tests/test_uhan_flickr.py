@@ -45,3 +45,19 @@ def test_missing_file_names_file_and_folder(tmp_path):
     (tmp_path / "train_label.txt").write_text("7.2\n")
     with pytest.raises(CorpusError, match="aligned line by line"):
         read_uhan_flickr(tmp_path)
+
+
+def test_data_commands_build_corpus_or_name_the_problem(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmsocial.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["data", "uhan-flickr", str(FIXTURE), "--out", str(tmp_path / "c")])
+    assert ok.exit_code == 0, ok.output
+    assert len(__import__("mmsocial.data.corpus", fromlist=["Corpus"]).Corpus.load(tmp_path / "c")) == 3
+    regions = runner.invoke(app, ["data", "uhan-flickr", str(FIXTURE), "--out", str(tmp_path / "c2"),
+                                  "--regions", str(tmp_path / "r")])
+    assert regions.exit_code == 2 and "9006.jpg.vgg16_196_512.npy" in regions.output
+    tweets = runner.invoke(app, ["data", "tweets", "--out", str(tmp_path / "t"), "--source", str(tmp_path)])
+    assert tweets.exit_code == 2 and "Rdata.rdx" in tweets.output and str(tmp_path) in tweets.output

@@ -124,6 +124,30 @@ def tweets_corpus(df: pd.DataFrame, name: str = "trump_tweets") -> Corpus:
     return Corpus(posts, users, links, meta)
 
 
+def fetch_dslabs(cache: str | Path) -> Path:
+    """``apt-get download r-cran-dslabs`` into ``cache`` and unpack it there (``dpkg-deb -x``); returns the folder."""
+    import shutil
+    import subprocess
+
+    cache = Path(cache)
+    root = cache / "root"
+    if (root / DATA_DIR / "Rdata.rdx").is_file():
+        return root
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise CorpusError(f"fetching {PACKAGE} needs apt-get and dpkg-deb; elsewhere run `apt-get download {PACKAGE} "
+                          f"&& dpkg-deb -x {PACKAGE}_*.deb DIR` and pass --source DIR")
+    cache.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(["apt-get", "download", PACKAGE], cwd=cache, capture_output=True, text=True)
+    if run.returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+        run = subprocess.run(["apt-get", "download", PACKAGE], cwd=cache, capture_output=True, text=True)
+    debs = sorted(cache.glob(f"{PACKAGE}_*.deb"))
+    if run.returncode != 0 or not debs:
+        raise CorpusError(f"`apt-get download {PACKAGE}` failed in {cache}: {run.stderr.strip()[-300:]}")
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    return root
+
+
 def read_tweets_corpus(path: str | Path, name: str = "trump_tweets") -> Corpus:
     """Read ``trump_tweets`` from an unpacked r-cran-dslabs package and convert it (``tweets_corpus``)."""
     return tweets_corpus(read_dslabs_object(path, OBJECT), name)

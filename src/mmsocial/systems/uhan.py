@@ -227,6 +227,10 @@ def prepare(corpus: Corpus, cfg: Config) -> Data:
     images = _needs_images(cfg)
     if images:
         has_image = posts["image"].notna().to_numpy()
+        if cfg.features:  # precomputed regions (e.g. the official UHAN/Flickr files) stand for the image
+            from mmsocial.features.store import FeatureSet
+
+            has_image |= posts["post_id"].isin(set(FeatureSet.open(cfg.features).post_ids)).to_numpy()
         if not has_image.any():
             raise ConfigError(f"{corpus.root or corpus.name}: no post has an image, but rows "
                               f"{[r for r in cfg.selected_rows() if r not in _TEXT_ONLY]} need one; "
