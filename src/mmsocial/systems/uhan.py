@@ -687,5 +687,5 @@ def demo(corpus_dir: Path, workdir: Path):
 
     return run_experiment({"system": NAME, "name": "demo", "corpus": str(corpus_dir), "workdir": str(workdir),
                            "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table2"],
-                           "threads": 1, "region_pca": 64, "model": {"max_steps": 160, "patience": 4}},
+                           "threads": 1, "region_pca": 64, "model": {"max_steps": 120, "patience": 4}},
                           progress=False)
