@@ -288,6 +288,37 @@ def data_karpathy(root: Path = typer.Argument(..., help="the folder holding data
     _read_dataset(read_karpathy, out, root=root, images=images, dataset=dataset)
 
 
+@data_app.command("tweets")
+def data_tweets(out: Path = typer.Option(..., help="corpus folder to write"),
+                source: Optional[Path] = typer.Option(None, help="an unpacked r-cran-dslabs package (default: "
+                                                      "apt-get download + dpkg-deb -x into --cache)"),
+                cache: Path = typer.Option(Path("cache/dslabs"), help="where the Debian package is unpacked")):
+    """The real tweets of Debian r-cran-dslabs (trump_tweets) as a text-only popularity corpus (docs/uhan.md)."""
+    from mmsocial.data.tweets import fetch_dslabs, read_tweets_corpus
+
+    _read_dataset(lambda: read_tweets_corpus(source if source is not None else fetch_dslabs(cache)), out)
+
+
+@data_app.command("uhan-flickr")
+def data_uhan_flickr(root: Path = typer.Argument(..., help="folder holding data.json, train_data.txt, "
+                                                 "train_label.txt, train_url.txt and img/train/"),
+                     out: Path = typer.Option(..., help="corpus folder to write"),
+                     regions: Optional[Path] = typer.Option(None, help="also copy the 196x512 region files "
+                                                            "into a feature store here")):
+    """The UHAN/Flickr popularity data in the official layout (docs/uhan.md)."""
+    from mmsocial.data.uhan_flickr import read_uhan_flickr, write_uhan_flickr_regions
+
+    _read_dataset(read_uhan_flickr, out, root=root)
+    if regions is not None:
+        from mmsocial.data.corpus import Corpus, CorpusError
+
+        try:
+            write_uhan_flickr_regions(root, Corpus.load(out), regions)
+        except CorpusError as e:
+            _fail(str(e))
+        typer.echo(f"region store: {regions}")
+
+
 # ---------------------------------------------------------------------------- features
 @features_app.command("extract")
 def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),

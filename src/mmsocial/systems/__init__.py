@@ -71,6 +71,7 @@ REGISTRY: dict[str, str] = {
     "du2mce": "mmsocial.systems.du2mce",
     "eisr": "mmsocial.systems.eisr",
     "bssan": "mmsocial.systems.bssan",
+    "uhan": "mmsocial.systems.uhan",
 }
 
 
