@@ -96,3 +96,13 @@ def test_bad_input_is_named(tmp_path):
 
 def test_recall_against_an_independent_count():
     assert recall_at_k([["a", "b", "c"]], [["c", "x", "a"]], 3) == pytest.approx(2 / 3)
+
+
+def test_tie_aware_recall_counts_equally_distant_results():
+    from mmsocial.index import tie_aware_recall
+
+    v = np.eye(4, dtype=np.float32)
+    q = np.full((1, 4), 0.25, np.float32)  # equally far from every stored vector
+    assert tie_aware_recall(v, list("abcd"), q, np.array([["d", "c"]]), 2) == 1.0
+    v2 = np.array([[0, 0], [1, 0], [5, 0]], np.float32)
+    assert tie_aware_recall(v2, list("abc"), np.zeros((1, 2)), np.array([["a", "c"]]), 2) == 0.5

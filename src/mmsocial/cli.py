@@ -287,11 +287,13 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
 
 
 def _save_run_config(cfg, run_dir: Path) -> None:
-    """RUN_DIR/config.yaml: the validated config with an absolute corpus path (read by `mmsocial serve`)."""
-    from mmsocial.config import save_config
+    """RUN_DIR/config.yaml: the settings given (validated) with an absolute corpus path (read by `mmsocial serve`)."""
+    import yaml
 
     corpus = Path(cfg.corpus) if cfg.corpus else Path(cfg.workdir) / "corpus"
-    save_config(cfg.model_copy(update={"corpus": str(corpus.resolve())}), run_dir / systems.RUN_CONFIG)
+    given = {**cfg.model_dump(mode="json", exclude_unset=True), "system": cfg.system,
+             "corpus": str(corpus.resolve()), "workdir": str(run_dir.resolve())}
+    (run_dir / systems.RUN_CONFIG).write_text(yaml.safe_dump(given, sort_keys=False), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- index / serve

@@ -41,7 +41,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["EXACT_MAX", "KINDS", "METRICS", "VectorIndexError", "VectorIndex", "build_index", "exact_search",
-           "recall_at_k", "probe_queries", "run_index_dir", "build_run_indexes", "add_new_posts"]
+           "recall_at_k", "tie_aware_recall", "probe_queries", "run_index_dir", "build_run_indexes", "add_new_posts"]
 
 EXACT_MAX = 100_000  # collections up to this size get exact search by default
 KINDS = ("flat", "hnsw", "ivfpq")
@@ -254,6 +254,26 @@ def recall_at_k(found, truth, k: int = 10) -> float:
     return float(np.mean([len(set(f[:k].tolist()) & set(t[:k].tolist())) / k for f, t in zip(found, truth)]))
 
 
+def tie_aware_recall(vectors, ids: Sequence[str], queries, found, k: int = 10, metric: str = "l2") -> float:
+    """recall@k where a returned id counts when its exact distance is within the exact k-th distance
+    (so that equally distant vectors, common with duplicates or one-hot vocabularies, are not misses)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    q = np.asarray(queries, dtype=np.float64)
+    row = {str(i): r for r, i in enumerate(ids)}
+    truth = exact_search(v, q, k, metric)
+
+    def score(qi, rows):  # larger is closer
+        s = v[rows] @ q[qi]
+        return s if metric == "ip" else -np.linalg.norm(v[rows] - q[qi], axis=1)
+
+    hits = 0
+    for qi in range(len(q)):
+        kth = score(qi, truth[qi, -1:])[0]
+        rows = [row[str(f)] for f in found[qi][:k] if str(f) in row]
+        hits += int((score(qi, rows) >= kth - 1e-6 * (1 + abs(kth))).sum()) if rows else 0
+    return hits / (len(q) * min(k, len(v))) if len(q) else float("nan")
+
+
 def probe_queries(vectors, n: int = 200, seed: int = 0) -> np.ndarray:
     """Queries for measuring recall: midpoints of random pairs of stored vectors (a stored vector
     itself would be its own first neighbour and flatter the approximate index)."""
@@ -281,8 +301,7 @@ def build_run_indexes(served, kind: str = "auto", exact_max: int = EXACT_MAX, pr
         vectors = np.asarray(c.vectors, dtype=np.float32)
         index = build_index(vectors, c.ids, served.metric, kind, exact_max=exact_max, **params)
         queries = probe_queries(vectors, probes)
-        truth = np.asarray(c.ids, dtype=object)[exact_search(vectors, queries, 10, served.metric)]
-        recall = recall_at_k(index.search(queries, 10)[1], truth, 10)
+        recall = tie_aware_recall(vectors, c.ids, queries, index.search(queries, 10)[1], 10, served.metric)
         index.params.update(recall_at_10=round(recall, 4), collection_kind=c.kind)
         path = index.save(run_index_dir(served.run_dir, name))
         reports.append({"collection": name, "kind": index.kind, "metric": index.metric, "size": len(index),

@@ -551,7 +551,8 @@ def load_run(run_dir: Path):
 
     def explain(post_id: str, text: str = "") -> dict:
         regions = torch.from_numpy(post_regions([post_id]))
-        y = model(regions)[0]
+        with torch.no_grad():
+            y = model(regions)[0]
         known = query_words(text)[0] if text.strip() else []
         if not known:  # no query word: explain the word the model is most sure of
             known = [vocab[int(y.argmax())]]

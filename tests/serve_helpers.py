@@ -1,0 +1,28 @@
+"""A tiny trained DMAN run for the service tests (random-weight MobileNetV2 features, asked for by name)."""
+
+from pathlib import Path
+
+import yaml
+
+TINY = {"system": "dman", "name": "serve-tiny", "image_size": 64, "weights": "random", "num_tags": 30,
+        "preset": "tiny", "model": {"region_dim": 1280, "epochs": 2}, "seeds": [0], "threads": 1,
+        "train": {"progress": False}}
+
+
+def train_tiny_dman(folder: Path, posts: int = 300) -> Path:
+    """Synthetic corpus + `mmsocial train dman` through the CLI (which writes RUN_DIR/config.yaml)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from mmsocial.cli import app
+    from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
+
+    torch.manual_seed(0)
+    corpus = folder / "corpus"
+    make_synthetic_corpus(SyntheticConfig(posts=posts, seed=0, image_size=64), corpus)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    run = folder / "run"
+    result = CliRunner().invoke(app, ["train", "dman", "--config", str(folder / "tiny.yaml"), "--corpus",
+                                      str(corpus), "--out", str(run)])
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    return run
