@@ -9,6 +9,16 @@ TINY = {"system": "dman", "name": "serve-tiny", "image_size": 64, "weights": "ra
         "train": {"progress": False}}
 
 
+_TRAINED: dict[str, Path] = {}
+
+
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny DMAN run per test session, shared by the service test files."""
+    if "run" not in _TRAINED:
+        _TRAINED["run"] = train_tiny_dman(tmp_path_factory.mktemp("serve"))
+    return _TRAINED["run"]
+
+
 def train_tiny_dman(folder: Path, posts: int = 300) -> Path:
     """Synthetic corpus + `mmsocial train dman` through the CLI (which writes RUN_DIR/config.yaml)."""
     import torch

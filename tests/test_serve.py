@@ -11,12 +11,12 @@ from mmsocial import systems
 from mmsocial.cli import app as cli
 from mmsocial.index import VectorIndex, run_index_dir
 from mmsocial.serve import create_app
-from serve_helpers import train_tiny_dman
+from serve_helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return train_tiny_dman(tmp_path_factory.mktemp("serve"))
+    return tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
