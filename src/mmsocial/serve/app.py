@@ -249,7 +249,11 @@ def create_app(run_dirs: Sequence[str | Path], max_upload_bytes: int = 5 * 2**20
     """The app over the runs in ``run_dirs`` (each written by `mmsocial train`)."""
     if not run_dirs:
         raise ServiceError("give at least one run folder")
-    runs = load_runs(run_dirs)
+    return build_app(load_runs(run_dirs), max_upload_bytes)
+
+
+def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastAPI:
+    """The app over already loaded runs (``load_runs``; bench/serve_load.py builds them from synthetic data)."""
     metrics = Metrics()
     started = time.time()
     app = FastAPI(title="mmsocial", version="0.1.0",
@@ -273,13 +277,19 @@ def create_app(run_dirs: Sequence[str | Path], max_upload_bytes: int = 5 * 2**20
         row = run.posts.loc[post_id] if row is None else row
         return f"/images/{run.name}/{post_id}" if row["image"] is not None else None
 
+    columns = {id(r): {c: r.posts[c].to_numpy() for c in ("image", "text", "tags", "user_id")} for r in runs}
+
     def post_hit(run: LoadedRun, post_id: str, score: float) -> PostHit:
-        row = run.posts.loc[post_id] if post_id in run.posts.index else None
-        if row is None:
+        try:
+            i = run.posts.index.get_loc(post_id)  # hash lookup; columns read as arrays (no row Series)
+        except KeyError:
             return PostHit(post_id=post_id, score=score)
-        uid = row["user_id"]
-        return PostHit(post_id=post_id, score=score, image_url=image_url(run, post_id, row), text=row["text"],
-                       tags=list(row["tags"])[:12], user_id=uid, user_name=run.users.get(uid) if uid else None)
+        col = columns[id(run)]
+        uid = col["user_id"][i]
+        return PostHit(post_id=post_id, score=score,
+                       image_url=f"/images/{run.name}/{post_id}" if col["image"][i] is not None else None,
+                       text=col["text"][i], tags=list(col["tags"][i])[:12], user_id=uid,
+                       user_name=run.users.get(uid) if uid else None)
 
     def search(run: LoadedRun, collection: str, vector, k: int, offset: int, exclude: Optional[str] = None):
         index = run.indexes[collection]
