@@ -49,6 +49,27 @@ def test_lfc_word_outputs_are_independent():
     assert not torch.allclose(y0[:, 4], y1[:, 4])
 
 
+def test_lfc_has_its_own_weights_per_word_and_isolated_gradients():
+    # one shared nn.Linear would pass the test above (same map, per-word inputs); it fails here
+    torch.manual_seed(0)
+    m = dman("tiny").eval()
+    L = m.cfg.num_words
+    params = list(m.lfc.parameters())
+    assert params and all(p.shape[0] == L for p in params)  # every LFC parameter is per word
+    u = torch.randn(3, L, m.cfg.region_dim)
+    m.lfc(u)[:, 4].sum().backward()
+    for p in params:
+        others = torch.cat([p.grad[:4], p.grad[5:]])
+        assert torch.count_nonzero(others) == 0 and torch.count_nonzero(p.grad[4]) > 0
+    y0 = m.lfc(u).detach()
+    with torch.no_grad():  # a step on word 4's output moves word 4 only
+        for p in params:
+            p -= 0.5 * p.grad
+    y1 = m.lfc(u).detach()
+    others = [k for k in range(L) if k != 4]
+    assert torch.equal(y0[:, others], y1[:, others]) and not torch.allclose(y0[:, 4], y1[:, 4])
+
+
 def test_locally_connected_equals_per_group_linear():
     torch.manual_seed(0)
     lc = LocallyConnected(6, 5, 3)
@@ -117,11 +138,15 @@ def test_variants_build_and_run(variant):
     y = m(_regions())
     assert y.shape == (5, m.cfg.num_words)
     tags = torch.zeros(2, m.cfg.num_words)
+    tags[0, [1, 3]] = 1  # non-zero queries: a query returning zeros must fail
+    tags[1, 0] = 1
     if variant == "triplet":
         with pytest.raises(ValueError, match="image-only"):
             m.query(tags)
     else:
-        assert torch.equal(m.query(tags), tags)
+        q = m.query(tags)
+        assert q.shape == tags.shape and torch.count_nonzero(q) > 0
+        assert torch.equal(q, tags)  # Y lives in the tag space: a tag vector is its own query
 
 
 def _toy_problem(cfg, n=64, seed=0):

@@ -161,9 +161,42 @@ def test_triplets_when_few_negatives_exist():
     assert len(b.anchors) == 8
     assert not g.is_linked(b.anchors[:, None], b.negatives).any()
     assert (b.negatives != b.anchors[:, None]).all()
-    # a batch where everything is linked: no negative exists, every anchor is dropped
+    # a batch where everything is linked: no negative exists, every anchor is dropped, and the
+    # batch, left without any triplet, is not yielded at all
     full = LinkGraph.from_pairs(3, [0, 0, 1], [1, 2, 2])
-    assert len(next(iter(TripletSampler(full, batch_size=3, seed=0))).anchors) == 0
+    assert list(TripletSampler(full, batch_size=3, seed=0)) == []
+
+
+def _ring(n):
+    return LinkGraph.from_pairs(n, np.arange(n), (np.arange(n) + 1) % n)
+
+
+def test_no_empty_triplet_batch_from_a_short_last_batch():
+    # 65 nodes in a ring, batches of 64: the last batch holds one anchor, which has no negative
+    s = TripletSampler(_ring(65), batch_size=64, k_negatives=3, seed=0)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == 1 and len(batches[0].anchors) == 64 and batches[0].num_examples == 64
+    assert len(s) == 2  # an upper bound
+
+
+def test_empty_batch_positions_skipped_on_every_rank_alike():
+    # 4 linked pairs; batches of 2 nodes per rank: a batch that is one linked pair has no triplet
+    g = LinkGraph.from_pairs(8, [0, 2, 4, 6], [1, 3, 5, 7])
+    one_rank_empty = 0
+    for epoch in range(20):
+        per_rank = []
+        for rank in range(2):
+            s = TripletSampler(g, batch_size=2, k_negatives=1, seed=0, rank=rank, world_size=2)
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+            assert all(len(b.anchors) > 0 for b in per_rank[-1])
+            nodes = s._rank_nodes(epoch)[rank]
+            pairs_empty = g.is_linked(nodes[[0, 2]], nodes[[1, 3]])
+            one_rank_empty += sum(pairs_empty)
+        assert len(per_rank[0]) == len(per_rank[1])
+    assert one_rank_empty > 0  # the case occurred
 
 
 def test_sampler_checks_its_arguments():

@@ -12,7 +12,7 @@ from PIL import Image
 from mmsocial.data import openclipart as oc
 from mmsocial.data.corpus import Corpus, CorpusError, make_posts
 from mmsocial.data.jsonl import parse_timestamp, read_jsonl_corpus
-from mmsocial.data.readers import prepare_dman, read_lear_tags, read_mirflickr, read_nuswide, read_voc2007
+from mmsocial.data.readers import read_lear_tags, read_mirflickr, read_nuswide, read_voc2007
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OC_TREE = FIXTURES / "openclipart" / "usr" / "share" / "openclipart"
@@ -572,32 +572,54 @@ def test_cli_readers_build_corpora(tmp_path, voc_hvecs):
 
 
 # ---------------------------------------------------------------------------- DMAN preparation
-def test_prepare_dman_on_fixtures():
-    c = prepare_dman(read_voc2007(VOC), n_tags=2)
-    assert c.meta["vocabularies"]["tags"] == ["car", "dog"]  # car x2, then ties alphabetically
-    assert list(c.posts["post_id"]) == ["000001", "000004", "000007"]  # 000002: no top tag, 000005: no tag
-    assert c.posts["tags"].tolist() == [["dog"], ["car"], ["car"]]
-    nus = prepare_dman(read_nuswide(NUS), n_tags=1000)
+def _dman_cfg(num_tags, split_seed=0):
+    from mmsocial.systems.dman import Config
+
+    return Config(num_tags=num_tags, split_seed=split_seed)
+
+
+def test_dman_preparation_on_fixtures():
+    from mmsocial.systems.dman import prepare_corpus, select_posts
+
+    voc = read_voc2007(VOC)
+    c = prepare_corpus(voc, _dman_cfg(2))
+    sel = select_posts(voc, 2)
+    vocab = c.meta["vocabularies"]["tags"]
+    assert vocab == sel.tag_vocabulary and len(vocab) <= 2
+    assert (c.posts["labels"].map(len) > 0).all() and c.posts["image"].notna().all()
+    assert (c.posts["tags"].map(len) > 0).all() and set().union(*c.posts["tags"]) <= set(vocab)
+    assert "000005" not in set(c.posts["post_id"])  # no tag at all
+    train = voc.posts["post_id"].isin(c.posts["post_id"][c.posts["split"] == "train"])
+    assert set(vocab) <= set().union(*voc.posts["tags"][train])  # training tags only
+    nus = prepare_corpus(read_nuswide(NUS), _dman_cfg(1000))
     assert "174174086" not in set(nus.posts["post_id"])  # no image
     assert "2125226376" not in set(nus.posts["post_id"])  # no label
-    assert len(prepare_dman(read_nuswide(NUS), require_image=False)) == 5
 
 
-def test_prepare_dman_split_and_vocabulary(rng):
+def test_dman_preparation_split_and_vocabulary(rng):
+    from mmsocial.systems.dman import prepare_corpus, select_posts
+
     words = [f"w{i}" for i in range(30)]
     posts = make_posts([{"post_id": f"p{i}", "labels": [] if i % 10 == 0 else [f"l{i % 3}"],
                          "image": f"x/{i}.jpg",
-                         "tags": list(rng.choice(words, size=3, replace=False, p=np.linspace(2, 1, 30) / 45))}
-                        for i in range(500)])
-    c = prepare_dman(Corpus(posts), n_tags=10, seed=3)
+                         "tags": list(rng.choice(words, size=3, replace=False, p=np.linspace(2, 1, 30) / 45))
+                         + (["w29"] * 5 if i < 50 else [])}  # repeated in a post: counts once
+                        for i in range(1000)])
+    corpus = Corpus(posts)
+    c = prepare_corpus(corpus, _dman_cfg(10, split_seed=3))
     assert (c.posts["labels"].map(len) > 0).all() and (c.posts["tags"].map(len) > 0).all()
     vocab = c.meta["vocabularies"]["tags"]
     assert len(vocab) == 10 and set().union(*c.posts["tags"]) <= set(vocab)
-    labelled = posts[posts["labels"].map(len) > 0]
-    counts = pd.Series([t for ts in labelled["tags"] for t in ts]).value_counts()
-    assert set(vocab) == set(counts.index[:10]) or counts.iloc[9] == counts.iloc[10]
-    n = len(c)
-    assert c.posts["split"].value_counts().to_dict() == {"train": round(0.8 * n), "test": n - round(0.8 * n)}
-    assert prepare_dman(Corpus(posts), n_tags=10, seed=3).posts["split"].tolist() == c.posts["split"].tolist()
-    with pytest.raises(ValueError, match="n_tags"):
-        prepare_dman(Corpus(posts), n_tags=0)
+    # the vocabulary: document frequency over the training posts only
+    from mmsocial.data.splits import dman_split
+    sel = select_posts(corpus, 10, split_seed=3)
+    assert (dman_split(corpus, 3)[sel.keep] == "test").sum() == (sel.split == "test").sum()  # split kept
+    train_ids = set(c.posts["post_id"][c.posts["split"] == "train"])
+    df = pd.Series([t for ts in posts["tags"][posts["post_id"].isin(train_ids)] for t in set(ts)]).value_counts()
+    assert df[vocab].min() >= df.drop(vocab).max()
+    shares = c.posts["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.72) < 0.05 and abs(shares["val"] - 0.08) < 0.03 and abs(shares["test"] - 0.2) < 0.05
+    again = prepare_corpus(corpus, _dman_cfg(10, split_seed=3))
+    assert again.posts["split"].tolist() == c.posts["split"].tolist()
+    with pytest.raises(ValueError, match="num_tags"):
+        select_posts(corpus, 0)

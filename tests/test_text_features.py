@@ -30,11 +30,12 @@ def test_tokenize_punctuation_case_and_stop_words():
 
 
 def test_vocabulary_min_count_specials_and_json_round_trip(tmp_path):
-    vocab = Vocabulary.build([["b", "a", "b"], ["c", "b", "a"]], min_count=2)
-    assert vocab.words == ["<pad>", "<unk>", "b", "a"]
-    assert vocab.encode(["a", "zzz", "b"]) == [3, 1, 2]
+    # counts are document frequencies (mmsocial.data.vocab): "b" twice in one text counts once
+    vocab = Vocabulary.build([["b", "a", "b"], ["c", "b"], ["a", "d", "d", "d"]], min_count=2)
+    assert vocab.words == ["<pad>", "<unk>", "a", "b"]  # a: 2 texts, b: 2 texts (ties by name); d: 1 text
+    assert vocab.encode(["b", "zzz", "a"]) == [3, 1, 2]
     loaded = Vocabulary.load(vocab.save(tmp_path / "vocab.json"))
-    assert loaded.words == vocab.words and loaded.counts == {"b": 3, "a": 2}
+    assert loaded.words == vocab.words and loaded.counts == {"b": 2, "a": 2}
     assert len(Vocabulary.build([["a", "b", "c"]], max_size=3)) == 3
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: not a vocabulary"):
@@ -50,11 +51,27 @@ def test_encode_texts_pads_truncates_and_counts():
 
 
 def test_top_tags_and_multi_hot_vectors():
-    train = [["sky", "sea"], ["sky"], ["sky", "dog", "sea"], ["cat"]]
+    train = [["sky", "sea"], ["sky"], ["sky", "dog", "sea"], ["cat", "cat", "cat"]]
     vocab = top_tags(train, 3)
-    assert vocab == ["sky", "sea", "cat"]  # ties by name
+    assert vocab == ["sky", "sea", "cat"]  # once per post: cat's repeats count once; ties by name
     v = tag_vectors([["sea", "unknown"], []], vocab)
     assert v.dtype == np.float32 and v.tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+def test_one_counting_rule_for_every_frequency_vocabulary():
+    from mmsocial.data.corpus import Corpus, make_posts
+    from mmsocial.data.vocab import frequency_vocabulary, multi_hot
+
+    lists = [["x", "x", "x", "x"], ["y"], ["y", "z"]]
+    assert frequency_vocabulary(lists) == ["y", "x", "z"]  # y: 2 posts; x: 1 post (4 occurrences)
+    assert top_tags(lists, 3) == frequency_vocabulary(lists, 3)
+    assert [w for w in Vocabulary.build(lists).words[2:]] == ["y", "x", "z"]
+    posts = make_posts([{"post_id": f"p{i}", "tags": t, "labels": t} for i, t in enumerate(lists)])
+    c = Corpus(posts)
+    assert c.tag_vocabulary() == ["y", "x", "z"] and c.label_vocabulary() == ["y", "x", "z"]
+    with pytest.raises(ValueError, match=r"lists\[1\] holds 'y'"):
+        multi_hot(lists, ["x"], unknown="raise")
+    assert multi_hot(lists, ["z", "x"]).tolist() == [[0, 1], [0, 0], [1, 0]]
 
 
 def test_glove_vectors_for_a_vocabulary():

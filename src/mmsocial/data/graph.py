@@ -242,9 +242,14 @@ class TripletBatch(NamedTuple):
     negatives: np.ndarray
 
     def negative_slots(self) -> np.ndarray:
-        """Positions of ``negatives`` inside ``anchors``."""
+        """Positions of ``negatives`` inside ``anchors``, (B, K)."""
         order = np.argsort(self.anchors)
         return order[np.searchsorted(self.anchors[order], self.negatives)]
+
+    @property
+    def num_examples(self) -> int:
+        """B, the number of triplets (what the trainer counts as examples)."""
+        return len(self.anchors)
 
 
 class TripletSampler:
@@ -258,6 +263,10 @@ class TripletSampler:
     - The K negatives are other anchors of the same batch not linked to the anchor, drawn
       without replacement; when fewer than K exist they are drawn with replacement, and an
       anchor with none at all is dropped from the batch.
+    - A batch left without any triplet (all its anchors linked to each other, e.g. a short last
+      batch of one node) is not yielded, so every batch has B >= 1 (``len(sampler)`` is then an
+      upper bound). Distributed, such a position is skipped on every rank alike, so that the
+      ranks keep the same number of batches.
     - Distributed: every rank shuffles with the same seed and epoch, drops the tail so the
       count divides by ``world_size``, and takes every ``world_size``-th node from ``rank``:
       the ranks' anchors are disjoint and equal in number.
@@ -282,24 +291,34 @@ class TripletSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _my_nodes(self, epoch: int) -> np.ndarray:
+    def _rank_nodes(self, epoch: int) -> list[np.ndarray]:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.nodes)
         perm = perm[:len(perm) - len(perm) % self.world_size]
-        return perm[self.rank::self.world_size]
+        return [perm[r::self.world_size] for r in range(self.world_size)]
 
     def __len__(self) -> int:
+        """Batches per epoch at most (a batch without any triplet is skipped)."""
         n = len(self.nodes) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _has_triplet(self, batch: np.ndarray) -> bool:
+        linked = self.graph.is_linked(batch[:, None], batch[None, :])
+        np.fill_diagonal(linked, True)
+        return not linked.all()
+
     def __iter__(self) -> Iterator[TripletBatch]:
         epoch, self.epoch = self.epoch, self.epoch + 1
-        nodes = self._my_nodes(epoch)
+        ranks = self._rank_nodes(epoch)
+        nodes = ranks[self.rank]
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
         for a in range(0, len(nodes), self.batch_size):
             batch = nodes[a:a + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
                 break
-            yield self._triplets(batch, rng)
+            triplets = self._triplets(batch, rng)
+            if len(triplets.anchors) and all(self._has_triplet(other[a:a + self.batch_size])
+                                             for r, other in enumerate(ranks) if r != self.rank):
+                yield triplets
 
     def _triplets(self, batch: np.ndarray, rng: np.random.Generator) -> TripletBatch:
         g, k, b = self.graph, self.k, len(batch)

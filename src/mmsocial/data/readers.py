@@ -3,7 +3,7 @@
 Each reader takes the folder the user unpacked the downloads into (no renaming; layouts in
 ``NUSWIDE_LAYOUT``, ``MIRFLICKR_LAYOUT``, ``VOC2007_LAYOUT``, docs/data.md and
 ../shared/FORMATS.md) and returns an (unsaved) Corpus whose image paths are absolute;
-``prepare_dman`` then applies the paper's preparation. The datasets carry tags and labels but
+``mmsocial.systems.dman.select_posts`` / ``prepare_corpus`` then apply the paper's preparation. The datasets carry tags and labels but
 no sentences, so ``posts.text`` stays missing (the tag list is the text modality).
 
 A missing or unexpected part of a dataset folder is one CorpusError naming the file that was
@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from mmsocial.data.corpus import Corpus, CorpusError, make_posts
 from mmsocial.data.layouts import MIRFLICKR_LAYOUT, NUSWIDE_LAYOUT, VOC2007_LAYOUT  # noqa: F401
-from mmsocial.data.splits import dman_split
 
 log = logging.getLogger(__name__)
 
@@ -513,36 +512,3 @@ def _match_voc_tags(split_tags: dict[str, dict[str, list[str]]], ids: list[str],
         log.warning("PASCAL VOC 2007: %d of %d annotated images are in neither %s list; their tags are empty",
                     untagged, len(ids), tag_set)
     return tag_of
-
-
-# ---------------------------------------------------------------------------- DMAN preparation
-def prepare_dman(corpus: Corpus, n_tags: int = 1000, seed: int = 0, require_image: bool = True) -> Corpus:
-    """DMAN §4.1 (after [3]): drop posts without a label (and, with ``require_image``, without an
-    image file: the paper keeps only photos still on Flickr), keep the ``n_tags`` most frequent
-    tags (ties broken alphabetically), drop posts left with none of them, split 4:1 at random.
-
-    The tag vocabulary is stored in ``meta["vocabularies"]["tags"]`` in frequency order; label links
-    are built separately (mmsocial.data.graph).
-    """
-    if n_tags < 1:
-        raise ValueError(f"n_tags must be >= 1, got {n_tags}")
-    keep = corpus.posts["labels"].map(len) > 0
-    if require_image:
-        keep &= corpus.posts["image"].notna()
-    c = corpus.filter(keep.to_numpy())
-    counts = Counter(t for tags in c.posts["tags"] for t in tags)
-    vocab = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_tags]]
-    in_vocab = set(vocab)
-    posts = c.posts.copy()
-    posts["tags"] = posts["tags"].map(lambda ts: [t for t in ts if t in in_vocab])
-    c = Corpus(posts, c.users, c.links, c.meta, c.root).filter((posts["tags"].map(len) > 0).to_numpy())
-    if len(c) == 0:
-        raise CorpusError(f"{corpus.name}: no post left after the DMAN preparation (labels, images, top tags)")
-    c = c.with_split(dman_split(c, seed=seed))
-    labels = sorted(set().union(*c.posts["labels"]))
-    meta = dict(c.meta)
-    meta["vocabularies"] = {"tags": vocab, "labels": labels}
-    meta["preparation"] = {"recipe": "dman", "n_tags": n_tags, "seed": seed, "require_image": require_image,
-                           "posts_before": len(corpus), "posts_after": len(c)}
-    c.meta = meta
-    return c

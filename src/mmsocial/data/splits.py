@@ -55,3 +55,95 @@ def uhan_split(corpus: Corpus, seed: int = 0) -> np.ndarray:
 
 
 PAPER_SPLITS = {"dman": dman_split, "uhan": uhan_split}
+
+
+def near_duplicate_images(vectors, threshold: float = 0.99, chunk_size: int = 1024) -> np.ndarray:
+    """Group id of every image: images whose feature vectors have cosine >= ``threshold`` are joined
+    (transitively, union-find), so that near-duplicates share a group. O(N^2) similarities, in chunks."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"image vectors must be (N, C), got {x.shape}")
+    n = len(x)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, n, chunk_size):
+        block = x[start:start + chunk_size] @ x.T
+        rows, cols = np.nonzero(block >= threshold)
+        for i, j in zip(rows + start, cols):
+            if j > i:
+                a, b = find(int(i)), find(int(j))
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return np.array([find(i) for i in range(n)])
+
+
+def du2mce_split(has_image: np.ndarray, token_sets: list, image_vectors: np.ndarray | None,
+                 val: float = 0.1, test: float = 0.2, seed: int = 0, image_threshold: float = 0.99,
+                 text_overlap: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """DU2MCE §4.1 split. Returns (split names, duplicate mask); duplicates get split None.
+
+    1. Near-duplicate images (cosine of the pooled features >= ``image_threshold``) form groups.
+    2. A post is a duplicate of an earlier one when their images are in the same group and their word
+       sets overlap (Jaccard) by >= ``text_overlap`` (or both texts are empty); a text-only post is a
+       duplicate of an earlier text-only post with the same set of words (catches reordered words).
+    3. Images are split first, by group (no near-duplicate image is shared between splits): ``val`` and
+       ``test`` of the groups at random, the rest train. Text-only posts are split alone in the same
+       proportions (they feed text -> user).
+    ``image_vectors`` (rows aligned with the posts that have an image, in order) may be None: then every
+    image is its own group.
+    """
+    has_image = np.asarray(has_image, dtype=bool)
+    n = len(has_image)
+    if len(token_sets) != n:
+        raise ValueError(f"token_sets has {len(token_sets)} entries for {n} posts")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"val and test must be fractions with val + test < 1, got {val}, {test}")
+    sets = [frozenset(s) for s in token_sets]
+    img = np.flatnonzero(has_image)
+    group = np.full(n, -1, dtype=np.int64)
+    if image_vectors is not None:
+        if len(image_vectors) != len(img):
+            raise ValueError(f"image_vectors has {len(image_vectors)} rows for {len(img)} posts with an image")
+        group[img] = img[near_duplicate_images(image_vectors, image_threshold)]
+    else:
+        group[img] = img
+    duplicate = np.zeros(n, dtype=bool)
+    members: dict[int, list[int]] = {}
+    for i in img:
+        for j in members.get(group[i], ()):
+            a, b = sets[i], sets[j]
+            overlap = len(a & b) / len(a | b) if (a or b) else 1.0
+            if overlap >= text_overlap:
+                duplicate[i] = True
+                break
+        if not duplicate[i]:
+            members.setdefault(group[i], []).append(i)
+    seen: set = set()
+    for i in np.flatnonzero(~has_image):
+        if sets[i] and sets[i] in seen:
+            duplicate[i] = True
+        seen.add(sets[i])
+
+    rng = np.random.default_rng(seed)
+    out = np.full(n, None, dtype=object)
+
+    def assign(ids: np.ndarray, keys: np.ndarray) -> None:
+        uniq = rng.permutation(np.unique(keys))
+        n_test, n_val = int(round(test * len(uniq))), int(round(val * len(uniq)))
+        name = {k: "test" for k in uniq[:n_test]}
+        name.update({k: "val" for k in uniq[n_test:n_test + n_val]})
+        for i, k in zip(ids, keys):
+            out[i] = name.get(k, "train")
+
+    keep_img = img[~duplicate[img]]
+    assign(keep_img, group[keep_img])
+    txt = np.flatnonzero(~has_image & ~duplicate)
+    assign(txt, txt)
+    return out, duplicate

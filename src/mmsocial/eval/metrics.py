@@ -21,6 +21,9 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
+from mmsocial.arrays import finite_2d
+from mmsocial.data import vocab
+
 Similarity = Literal["dot", "cosine", "euclidean"]
 Ties = Literal["stable", "average", "threshold"]
 SIMILARITIES = ("dot", "cosine", "euclidean")
@@ -86,13 +89,10 @@ def _check_ks(ks, name: str, n_gallery: int | None = None) -> tuple[int, ...]:
 
 def _prepare_embeddings(query, gallery, similarity: str):
     _check_choice(similarity, "similarity", SIMILARITIES)
-    q = _numeric(query, "query", 2)
-    g = _numeric(gallery, "gallery", 2)
+    q, g = finite_2d(query, "query"), finite_2d(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query and gallery embeddings must have the same dimension; "
                          f"got query {q.shape} and gallery {g.shape}")
-    _check_finite(q, "query")
-    _check_finite(g, "gallery")
     dtype = np.result_type(q.dtype, g.dtype, np.float32)
     q, g = q.astype(dtype, copy=False), g.astype(dtype, copy=False)
     extra = None
@@ -187,20 +187,9 @@ def multi_hot(labels, vocabulary: Sequence | None = None) -> tuple[np.ndarray, l
     appearance; with one, a label outside it raises ValueError.
     """
     lists = _label_lists(labels, "labels")
-    fixed = vocabulary is not None
-    index = {lab: j for j, lab in enumerate(vocabulary)} if fixed else {}
-    rows, cols = [], []
-    for i, labs in enumerate(lists):
-        for lab in labs:
-            if lab not in index:
-                if fixed:
-                    raise ValueError(f"labels[{i}] holds {lab!r}, which is not in the vocabulary")
-                index[lab] = len(index)
-            rows.append(i)
-            cols.append(index[lab])
-    matrix = np.zeros((len(lists), len(index)), dtype=np.float32)
-    matrix[rows, cols] = 1.0
-    return matrix, list(index)
+    if vocabulary is None:
+        vocabulary = list(dict.fromkeys(lab for labs in lists for lab in labs))
+    return vocab.multi_hot(lists, vocabulary, unknown="raise", name="labels"), list(vocabulary)
 
 
 def _check_binary(a: np.ndarray, name: str) -> np.ndarray:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from mmsocial.data.vocab import document_frequencies, frequency_vocabulary, multi_hot
 
 PAD, UNK = "<pad>", "<unk>"
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
@@ -61,7 +62,8 @@ def corpus_tokens(texts: Iterable[str | None], **tokenize_kw) -> list[list[str]]
 
 @dataclass
 class Vocabulary:
-    """Words by id: 0 = <pad>, 1 = <unk>, then words by decreasing training count (ties alphabetical)."""
+    """Words by id: 0 = <pad>, 1 = <unk>, then words by decreasing document frequency in the training
+    texts (ties alphabetical; mmsocial.data.vocab)."""
 
     words: list[str] = field(default_factory=lambda: [PAD, UNK])
     counts: dict[str, int] = field(default_factory=dict)
@@ -76,12 +78,13 @@ class Vocabulary:
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 1,
               max_size: int | None = None) -> "Vocabulary":
-        """Words seen at least ``min_count`` times (the ``max_size`` most frequent, specials included)."""
+        """Words in at least ``min_count`` texts (the ``max_size`` most frequent, specials included);
+        counts are document frequencies (mmsocial.data.vocab: a word counts once per text)."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        counts = Counter(w for tokens in token_lists for w in tokens)
-        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in (PAD, UNK)),
-                      key=lambda w: (-counts[w], w))
+        token_lists = list(token_lists)
+        counts = document_frequencies(token_lists)
+        kept = frequency_vocabulary(token_lists, min_count=min_count, exclude=(PAD, UNK))
         if max_size is not None:
             kept = kept[: max(0, max_size - 2)]
         return cls([PAD, UNK] + kept, {w: counts[w] for w in kept})
@@ -99,11 +102,9 @@ class Vocabulary:
         return [self.words[i] for i in ids if i != 0]
 
     def save(self, path: "str | os.PathLike") -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"words": self.words, "counts": self.counts}, ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        from mmsocial.io import write_json
+
+        return write_json(path, {"words": self.words, "counts": self.counts}, ensure_ascii=False)
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "Vocabulary":
@@ -129,23 +130,16 @@ def encode_texts(token_lists: Sequence[Sequence[str]], vocab: Vocabulary,
 
 
 def top_tags(tag_lists: Iterable[Sequence[str]], count: int) -> list[str]:
-    """The ``count`` most frequent tags (ties alphabetical); pass the training posts' tags (DMAN: 1000)."""
+    """The ``count`` tags held by most posts (document frequency, ties alphabetical;
+    mmsocial.data.vocab); pass the training posts' tags (DMAN: 1000)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    counts = Counter(t for tags in tag_lists for t in set(tags))
-    return sorted(counts, key=lambda t: (-counts[t], t))[:count]
+    return frequency_vocabulary(tag_lists, count)
 
 
 def tag_vectors(tag_lists: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
     """(N, L) float32 multi-hot over ``vocabulary``; tags outside it are ignored."""
-    index = {t: i for i, t in enumerate(vocabulary)}
-    out = np.zeros((len(tag_lists), len(vocabulary)), dtype=np.float32)
-    for i, tags in enumerate(tag_lists):
-        for t in tags:
-            j = index.get(t)
-            if j is not None:
-                out[i, j] = 1.0
-    return out
+    return multi_hot(tag_lists, vocabulary)
 
 
 # ----------------------------------------------------------------------------- word vectors

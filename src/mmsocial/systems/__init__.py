@@ -95,6 +95,7 @@ from typing import Any, Callable, Optional
 # name -> module; adding a system is one line here
 REGISTRY: dict[str, str] = {
     "dman": "mmsocial.systems.dman",
+    "du2mce": "mmsocial.systems.du2mce",
 }
 
 

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["FeatureDataset"]
+from mmsocial.features.store import read_rows
+
+__all__ = ["FeatureDataset", "TripletFeatures", "as_is", "sorted_row_reader"]
 
 
 def _array(a: Any) -> np.ndarray:
@@ -110,19 +112,61 @@ class FeatureDataset(Dataset):
         return self._len
 
     def _read(self, name: str, indices: np.ndarray) -> torch.Tensor:
-        r = self.rows[name][indices]
-        order = np.argsort(r, kind="stable")
         file = self._files[name]
-        block = file.read_sorted(r[order]) if file is not None else np.asarray(self.arrays[name][r[order]])
-        out = np.empty_like(block)
-        out[order] = block
+        out = read_rows(self.arrays[name], self.rows[name][indices],
+                        read_sorted=file.read_sorted if file is not None else None)
         t = torch.from_numpy(out)
         return t.to(self.float_dtype) if t.is_floating_point() else t
 
+    def read(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Items ``indices`` as one batch: name -> tensor with ``len(indices)`` rows."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return {name: self._read(name, idx) for name in self.arrays}
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {name: self._read(name, np.array([i]))[0] for name in self.arrays}
+        return {name: t[0] for name, t in self.read([i]).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        idx = np.asarray(indices, dtype=np.int64)
-        cols = {name: self._read(name, idx) for name in self.arrays}
-        return [{name: t[j] for name, t in cols.items()} for j in range(len(idx))]
+        cols = self.read(indices)
+        return [{name: t[j] for name, t in cols.items()} for j in range(len(indices))]
+
+
+def sorted_row_reader(array: Any):
+    """A function reading sorted rows of ``array``: ``pread`` for a whole file-backed np.memmap
+    (see the module docstring), plain indexing otherwise; for ``store.read_rows``."""
+    file = _NpyRows.of(_array(array))
+    return file.read_sorted if file is not None else None
+
+
+def as_is(batch: Any) -> Any:
+    """Collate function for datasets whose ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+class TripletFeatures(Dataset):
+    """The rows of a ``TripletBatch`` (mmsocial.data.graph) read from a FeatureDataset, one batch at a time.
+
+    Give it to ``train(..., sampler_factory=<yields TripletBatch>, collate_fn=as_is)``: the DataLoader
+    hands each TripletBatch as it is to ``__getitems__``, which returns one dict: every array of
+    ``features`` for the anchors then the positives (2B rows; a positive that is also an anchor is
+    read twice, as the model embeds it twice), and ``slots`` (B, K), the negatives' positions among
+    the anchors (``TripletBatch.negative_slots``): negatives are anchors of the same batch (DMAN
+    §3.2), so their rows are not read again and their embeddings are the anchors'.
+    """
+
+    def __init__(self, features: FeatureDataset):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int):
+        raise TypeError("TripletFeatures reads whole TripletBatches; use it with a triplet sampler and "
+                        "collate_fn=as_is")
+
+    def __getitems__(self, batch) -> dict[str, torch.Tensor]:
+        if len(batch.anchors) == 0:
+            raise ValueError("empty TripletBatch: the sampler must not yield batches without triplets")
+        out = self.features.read(np.concatenate([batch.anchors, batch.positives]))
+        out["slots"] = torch.from_numpy(batch.negative_slots())
+        return out

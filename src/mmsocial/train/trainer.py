@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import logging
 import math
 import random
 import time
@@ -36,11 +38,15 @@ from tqdm.auto import tqdm
 
 from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
 from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
-                                       save_checkpoint, write_index)
+                                       recover_checkpoints, save_checkpoint, write_index)
 from mmsocial.train.distributed import (DistInfo, barrier, broadcast_object, epoch_batches,
                                         gather_objects, init_distributed, shutdown_distributed)
 
 __all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device"]
+
+log = logging.getLogger(__name__)
+# settings that only say how long or how verbosely to train: changing them continues a run
+RUN_LENGTH_FIELDS = ("epochs", "max_steps", "progress", "log_every", "tensorboard", "num_workers")
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, Any]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -61,6 +67,8 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
     examples_per_second: float = 0.0
+    resumed_from: Optional[int] = None  # the step this run continued from (None: from scratch)
+    restart_reason: Optional[str] = None  # why checkpoints in out_dir were not resumed (resume="auto")
 
     def summary(self) -> str:
         lines = [f"trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s"
@@ -156,7 +164,9 @@ class _CsvLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
+        from mmsocial.io import atomic_open
+
+        with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, self.fields, restval="")
             if self.fields:
                 w.writeheader()
@@ -211,6 +221,16 @@ def _loss_entries(out: Any, step: int) -> dict[str, torch.Tensor]:
     return entries
 
 
+def _batch(b: Any) -> Any:
+    """A batch from a sampler_factory: a list of dataset indices, or an object with ``num_examples``
+    (e.g. data.graph.TripletBatch) handed as it is to the dataset's ``__getitems__``."""
+    return b if hasattr(b, "num_examples") else [int(i) for i in b]
+
+
+def _examples(b: Any) -> int:
+    return int(b.num_examples) if hasattr(b, "num_examples") else len(b)
+
+
 def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
@@ -220,17 +240,25 @@ def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
 
 def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConfig | Mapping | str | Path,
           out_dir: str | Path, evaluate: Optional[EvalFn] = None, collate_fn: Optional[Callable] = None,
-          sampler_factory: Optional[SamplerFactory] = None, resume: bool = True,
+          sampler_factory: Optional[SamplerFactory] = None, resume: "bool | str" = True,
           param_groups: Optional[Sequence[dict]] = None,
           run_config: Optional[Mapping[str, Any]] = None) -> TrainResult:
     """Train ``model`` on ``train_data``; see the module docstring and docs/training.md.
 
     sampler_factory(epoch, rank, world_size) -> this rank's batches of dataset indices, for
     samplers that must build whole batches (triplets); it must be deterministic in its arguments
-    and give every rank the same number of batches. param_groups: optimiser groups (each may
+    and give every rank the same number of batches. A batch may also be an object with
+    ``num_examples`` (a data.graph.TripletBatch): the DataLoader hands it as it is to the dataset's
+    ``__getitems__`` (train.data.TripletFeatures; use ``collate_fn=train.data.as_is``). param_groups: optimiser groups (each may
     set its own "lr"); default all parameters. run_config: saved in each checkpoint's config.json
-    (e.g. the model's hyper-parameters, to rebuild it later).
+    (e.g. the model's hyper-parameters, to rebuild it later). resume: True continues from the
+    last checkpoint in ``out_dir`` (a ConfigError when it cannot be continued exactly); "auto"
+    continues when the configuration (train settings other than RUN_LENGTH_FIELDS, run_config,
+    data) is the one of the checkpoint and otherwise starts over, giving the reason in
+    ``TrainResult.restart_reason``; False starts over.
     """
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     if not isinstance(cfg, TrainConfig):
         cfg = load_config(cfg, TrainConfig)
     if cfg.early_stopping.metric and evaluate is None:
@@ -238,6 +266,9 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
                           "pass evaluate=... or set early_stopping.metric to null")
     if len(train_data) == 0:
         raise ValueError("train_data is empty: nothing to train on")
+    from mmsocial.io import check_writable_folder
+
+    check_writable_folder(out_dir, "run folder")  # a file or a read-only path: a ValueError naming it
     info = init_distributed(cfg.device)
     try:
         result = _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
@@ -262,7 +293,12 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         if sampler_factory is None:
             return epoch_batches(n, cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                                  cfg.shuffle, cfg.drop_last)
-        batches = [[int(i) for i in b] for b in sampler_factory(epoch, info.rank, info.world_size)]
+        batches = [_batch(b) for b in sampler_factory(epoch, info.rank, info.world_size)]
+        empty = [i for i, b in enumerate(batches) if not _examples(b)]
+        if empty:
+            raise ValueError(f"sampler_factory gave an empty batch (batch {empty[0]} of {len(batches)} in epoch "
+                             f"{epoch}) for {n} training examples; the training set is probably too small for "
+                             f"this sampler (use a bigger corpus or a smaller batch_size)")
         counts = gather_objects(len(batches), info)
         if not batches or len(set(counts)) > 1:
             raise ValueError(f"sampler_factory gave {counts} batches per rank in epoch {epoch}; "
@@ -270,7 +306,10 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         return batches
 
     steps_per_epoch = len(batches_for(0))
+    # the schedule's length; a triplet sampler may give an epoch a batch more or less than epoch 0
+    # (it skips batches without any triplet), so the loop itself stops on epochs or max_steps
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
+    max_steps = cfg.max_steps or math.inf
 
     random.seed(cfg.seed + info.rank)
     np.random.seed((cfg.seed + info.rank) % 2**32)
@@ -289,8 +328,17 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     last_dir: Optional[Path] = None
     data_key = [cfg.seed, cfg.batch_size, cfg.shuffle, cfg.drop_last, n, sampler_factory is not None]
 
+    if resume and info.is_main:
+        recover_checkpoints(ckpt_root)
+    barrier(info)
     index = read_index(ckpt_root) if resume else {}
-    if not resume and info.is_main and (ckpt_root / "index.json").is_file():
+    restart_reason = None
+    if resume == "auto" and index.get("last"):
+        restart_reason = _why_not_resumable(ckpt_root / index["last"], cfg, run_config, data_key, info)
+        if restart_reason:
+            log.warning("%s: %s; starting over", ckpt_root / index["last"], restart_reason)
+            index = {}
+    if not index and info.is_main and (ckpt_root / "index.json").is_file():
         (ckpt_root / "index.json").unlink()  # a fresh run: the old checkpoints go at its first save
     resumed_from, resumed_examples = None, 0
     if index.get("last"):
@@ -315,6 +363,7 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         log_meter, eval_meter = _Meter(**state["log_meter"]), _Meter(**state["eval_meter"])
         _set_rng_state(state["rng"][info.rank], device)
         resumed_from, resumed_examples = step, examples
+        log.info("%s: resuming from its last checkpoint (step %d, epoch %d)", last_dir, step, epoch)
 
     train_model: nn.Module = model
     if info.distributed:
@@ -388,13 +437,13 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     pbar = tqdm(total=int(total_steps), initial=step,
                 disable=not (info.is_main and cfg.progress), desc="train", dynamic_ncols=True)
     model.train()
-    while not stopped and step < total_steps and epoch < cfg.epochs:
+    while not stopped and step < max_steps and epoch < cfg.epochs:
         batches = batches_for(epoch)
         loader_seed = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
         loader = DataLoader(train_data, batch_sampler=batches[pos:], collate_fn=collate_fn,
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                             generator=loader_seed)
-        for batch_indices_len, batch in zip((len(b) for b in batches[pos:]), loader):
+        for batch_indices_len, batch in zip((_examples(b) for b in batches[pos:]), loader):
             batch = move_to_device(batch, device)
             factor = lr_factor(cfg, step, epoch, int(total_steps))
             for g in optimizer.param_groups:
@@ -434,7 +483,7 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
             end_of_epoch = pos == len(batches)
             if end_of_epoch:
                 epoch, pos = epoch + 1, 0
-            at_limit = step >= total_steps or epoch >= cfg.epochs
+            at_limit = step >= max_steps or epoch >= cfg.epochs
             do_eval = (cfg.eval_every > 0 and step % cfg.eval_every == 0) or \
                       (cfg.eval_every == 0 and end_of_epoch) or at_limit
             improved = False
@@ -462,5 +511,35 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         best_metric=best, best_step=best_step,
         best_checkpoint=best_dir if best_dir is not None else last_dir, last_checkpoint=last_dir,
         stopped_early=stopped, seconds=seconds,
-        examples_per_second=(examples - resumed_examples) / seconds if seconds > 0 else 0.0)
+        examples_per_second=(examples - resumed_examples) / seconds if seconds > 0 else 0.0,
+        resumed_from=resumed_from, restart_reason=restart_reason)
     return broadcast_object(result, info)
+
+
+def _why_not_resumable(last_dir: Path, cfg: TrainConfig, run_config: dict, data_key: list,
+                       info: DistInfo) -> Optional[str]:
+    """None when the checkpoint at ``last_dir`` continues this run; else the reason, naming keys."""
+    try:
+        stored = json.loads((last_dir / "config.json").read_text(encoding="utf-8"))
+        state = load_training_state(last_dir)
+    except Exception as e:  # a damaged checkpoint: torch and json raise several types
+        return f"the last checkpoint is unreadable ({type(e).__name__}: {e})"
+    now = {"train": cfg.model_dump(mode="json"), "run": json.loads(json.dumps(run_config, default=str))}
+    changed = [f"train.{k}" for k in sorted(set(now["train"]) | set(stored.get("train", {})))
+               if k not in RUN_LENGTH_FIELDS and now["train"].get(k) != stored.get("train", {}).get(k)]
+    changed += _changed_keys(stored.get("run", {}), now["run"], "run")
+    if changed:
+        return f"the configuration changed since the last checkpoint ({', '.join(changed[:6])}" + \
+            (", ..." if len(changed) > 6 else "") + ")"
+    if state.get("world_size") != info.world_size:
+        return f"it was written by {state.get('world_size')} processes, this run has {info.world_size}"
+    if state.get("data_key") != data_key:
+        return "the training data changed since the last checkpoint (number of examples or sampler)"
+    return None
+
+
+def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}")]
+    return [] if old == new else [prefix]

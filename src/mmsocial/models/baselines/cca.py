@@ -10,9 +10,11 @@ All three share ``fit(X, Y)``, ``transform_x(X)``, ``transform_y(Y)``, ``transfo
 - DCCA (Andrew et al. 2013): two MLPs trained to maximise the total canonical correlation of their
   outputs, then a linear CCA on the outputs.
 
-How a baseline embeds a post (used by the DMAN protocols, see docs/dman.md): Table 2 concatenates
-both projected views, ``transform(X, Y)``; Table 3 projects the one-hot tag query with ``transform_y``
-and ranks the images' ``transform_x`` by Euclidean distance.
+How a baseline embeds a post (used by the DMAN protocols, see docs/dman.md): Table 2 uses the image
+view's projection ``transform_x(X)`` by default (like DMAN, whose embedding sees the image only;
+``baseline_embedding: both`` in the DMAN config concatenates both projected views, ``transform(X, Y)``);
+Table 3 projects the one-hot tag query with ``transform_y`` and ranks the images' ``transform_x`` by
+Euclidean distance.
 """
 
 from __future__ import annotations
@@ -23,16 +25,12 @@ from sklearn.kernel_approximation import Nystroem, RBFSampler
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmsocial.arrays import finite_2d
 from mmsocial.models.layers import mlp
 
 
 def _as_2d(a, name: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (items x features), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
+    return finite_2d(a, name, np.float64, min_rows=1)
 
 
 def _check_pair(X, Y) -> tuple[np.ndarray, np.ndarray]:
