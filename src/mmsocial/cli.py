@@ -388,6 +388,7 @@ def train_cmd(system: SystemName = typer.Argument(..., help="a registered system
 
         check_writable_folder(cfg.workdir, "run folder", create=False)
         run_dir = module.train(cfg)  # resumes a killed run with the same config (and says so)
+        _save_run_config(cfg, Path(run_dir))
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"trained {module.TITLE}: {run_dir}")
@@ -405,6 +406,72 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
         run_experiment(config, override)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
+
+
+def _save_run_config(cfg, run_dir: Path) -> None:
+    """RUN_DIR/config.yaml: the settings given (validated) with an absolute corpus path (read by `mmsocial serve`)."""
+    import yaml
+
+    corpus = Path(cfg.corpus) if cfg.corpus else Path(cfg.workdir) / "corpus"
+    given = {**cfg.model_dump(mode="json", exclude_unset=True), "system": cfg.system,
+             "corpus": str(corpus.resolve()), "workdir": str(run_dir.resolve())}
+    (run_dir / systems.RUN_CONFIG).write_text(yaml.safe_dump(given, sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- index / serve
+index_app = typer.Typer(no_args_is_help=True, help="Nearest-neighbour indexes (FAISS) over a run's embeddings.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(run_dir: Path = typer.Argument(..., help="a run folder written by `mmsocial train`"),
+                kind: str = typer.Option("auto", help="auto (flat up to --exact-max vectors, hnsw above) | "
+                                         "flat | hnsw | ivfpq"),
+                exact_max: int = typer.Option(100_000, help="largest collection searched exactly by --kind auto")):
+    """Index every collection of a run (posts, texts, users) into RUN_DIR/index/; prints build time and
+    recall@10 against exact search."""
+    from mmsocial.data.corpus import CorpusError
+    from mmsocial.index import VectorIndexError, build_run_indexes
+
+    try:
+        reports = build_run_indexes(systems.load_run(run_dir), kind=kind, exact_max=exact_max)
+    except (CorpusError, VectorIndexError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for r in reports:
+        typer.echo(f"{r['collection']}: {r['kind']} ({r['metric']}) over {r['size']} x {r['dim']}, built in "
+                   f"{r['build_seconds']:.2f}s, recall@10 vs exact {r['recall_at_10']:.4f} -> {r['path']}")
+
+
+@index_app.command("add")
+def index_add(run_dir: Path = typer.Argument(..., help="a run folder with a built index"),
+              limit: Optional[int] = typer.Option(None, help="add at most this many posts")):
+    """Add the posts of the run's corpus that its posts index lacks (e.g. posts added since), no rebuild."""
+    from mmsocial.data.corpus import CorpusError
+    from mmsocial.index import VectorIndexError, add_new_posts
+
+    try:
+        added, folder = add_new_posts(systems.load_run(run_dir), limit)
+    except (CorpusError, VectorIndexError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"added {added} posts to {folder}")
+
+
+@app.command("serve")
+def serve_cmd(run_dirs: list[Path] = typer.Argument(..., help="run folders written by `mmsocial train`"),
+              host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+              max_upload_mb: float = typer.Option(5.0, help="largest accepted image upload")):
+    """HTTP API + web page over trained runs: search, explanations, users, matching, popularity."""
+    import uvicorn
+
+    from mmsocial.data.corpus import CorpusError
+    from mmsocial.serve import create_app
+
+    try:
+        api = create_app(run_dirs, max_upload_bytes=int(max_upload_mb * 2**20))
+    except (CorpusError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"serving {len(run_dirs)} run(s) on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(api, host=host, port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------------------- demo

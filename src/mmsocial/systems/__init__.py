@@ -31,6 +31,10 @@ Every system module has the same small shape (``systems/dman.py`` is the referen
     # optional:
     def add_commands(groups: dict[str, typer.Typer]) -> None
         # extra CLI commands of the system under the groups "viz", "predict" (e.g. `viz attention`)
+    def load_run(run_dir: Path) -> Served
+        # serving hook (`mmsocial serve`, `mmsocial index build`): a run that ``train`` wrote, ready to
+        # answer queries; ``Served`` below says what it holds. serve/ and index/ hold no model code and
+        # go through this hook only. A system without it is listed as "not servable".
 
 What the runner (``mmsocial.experiment``) gives a system and expects of it:
 
@@ -54,6 +58,28 @@ does). ``demo`` is usually ``run_experiment({...a dict...}, progress=False)``. T
 ``train(cfg)`` after ``load_config(--config, Config, --set overrides + --corpus/--out)``, and
 ``add_commands`` gets the groups "data", "features", "viz", "predict".
 
+Serving (``load_run``; ``mmsocial.systems.load_run(run_dir)`` picks the module from the run's
+``config.yaml``, which `mmsocial train` writes into every run folder)::
+
+    Served(system, run_dir, corpus, metric, collections, embed_text=None, embed_image=None,
+           embed_posts=None, explain=None, match=None, popularity=None, info={})
+        # metric: "l2" (Euclidean, smaller is closer) or "ip" (inner product, larger is closer) in the
+        #   system's embedding space, used for every collection below
+        # collections: name -> zero-argument function returning a ``Collection(ids, vectors, kind,
+        #   display)``, computed only when no saved index holds it (`mmsocial index build` saves them):
+        #     "posts"  (kind "post")  image embeddings of the corpus posts   -> text/image -> images
+        #     "texts"  (kind "post" = post texts, or "word" = vocabulary words) -> image -> texts
+        #     "users"  (kind "user")  user embeddings                        -> post/text -> users
+        # embed_text(text) -> (vector (d,), info dict): a text/tag query in the "posts" space; raises
+        #   ValueError naming what is wrong (e.g. no word of the query in the vocabulary)
+        # embed_image(PIL.Image) -> (d,): an uploaded image in the "posts" space
+        # embed_posts(post_ids) -> (n, d): posts of ``corpus`` (also posts added after training)
+        # explain(post_id, text) -> dict: attention of the query words over the image, e.g.
+        #   {"word": w, "grid": [h, w], "weights": h x w nested list summing to 1, "words": [...]}
+        # match(image, caption) -> dict with "score" and "attention"; popularity(image, text, user_id)
+        #   -> dict with "popularity" and "attention"
+    An endpoint whose capability no loaded run has answers 404 naming the command that trains one.
+
 Library code in a system reports through ``logging`` (``log = logging.getLogger(__name__)``); only
 cli.py and demo.py print.
 """
@@ -62,8 +88,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # name -> module; adding a system is one line here
 REGISTRY: dict[str, str] = {
@@ -103,6 +130,63 @@ class Cell:
 
 class UnknownSystemError(ValueError):
     pass
+
+
+# ---------------------------------------------------------------------------- serving hook
+@dataclass
+class Collection:
+    """Vectors that a served run searches: ``ids`` (post ids, words or user ids) aligned with the rows
+    of ``vectors`` (n, d) float32; ``kind`` "post", "word" or "user"; ``display`` optional labels."""
+
+    ids: list[str]
+    vectors: Any  # np.ndarray (n, d)
+    kind: str = "post"
+    display: Optional[list[str]] = None
+
+
+@dataclass
+class Served:
+    """A trained run ready to answer queries; what a system's optional ``load_run(run_dir)`` returns
+    (see the module docstring for every field)."""
+
+    system: str
+    run_dir: Path
+    corpus: Any  # mmsocial.data.corpus.Corpus
+    metric: str
+    collections: dict[str, Callable[[], Collection]] = field(default_factory=dict)
+    embed_text: Optional[Callable[[str], tuple[Any, dict]]] = None
+    embed_image: Optional[Callable[[Any], Any]] = None
+    embed_posts: Optional[Callable[[list[str]], Any]] = None
+    explain: Optional[Callable[[str, str], dict]] = None
+    match: Optional[Callable[..., dict]] = None
+    popularity: Optional[Callable[..., dict]] = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+RUN_CONFIG = "config.yaml"  # the validated config `mmsocial train` writes into every run folder
+
+
+def run_system(run_dir: str | Path) -> str:
+    """The system name recorded in ``run_dir/config.yaml`` (``system:``)."""
+    import yaml
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder ({RUN_CONFIG} missing); train one with "
+                                f"`mmsocial train SYSTEM --config configs/SYSTEM/small.yaml --out {run_dir}`")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg, dict) or "system" not in cfg:
+        raise ValueError(f"{path}: no `system:` key; it is not a config written by `mmsocial train`")
+    return str(cfg["system"])
+
+
+def load_run(run_dir: str | Path) -> Served:
+    """The run in ``run_dir`` through its system's ``load_run`` hook."""
+    name = run_system(run_dir)
+    module = get(name)
+    if not hasattr(module, "load_run"):
+        raise UnknownSystemError(f"{run_dir}: system {name!r} has no serving hook (load_run) yet")
+    return module.load_run(Path(run_dir))
 
 
 def names() -> list[str]:

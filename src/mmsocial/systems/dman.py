@@ -528,3 +528,111 @@ def demo(corpus_dir: Path, workdir: Path):
     from mmsocial.experiment import run_experiment
 
     return run_experiment({**DEMO_SETTINGS, "corpus": str(corpus_dir), "workdir": str(workdir)}, progress=False)
+
+
+# ---------------------------------------------------------------------------- serving hook
+def load_run(run_dir: Path):
+    """`mmsocial serve` / `mmsocial index build`: a trained DMAN run as a ``systems.Served``.
+
+    The posts live in the tag space Y ∈ (0,1)^L and are compared by Euclidean distance (Table 3's
+    protocol). A text query is the multi-hot vector of its words (and of the whole query, for tags
+    with spaces) found in the run's tag vocabulary. The "texts" of an image are the vocabulary tags:
+    their one-hot vectors, so image -> texts ranks words by distance to Y (i.e. by Y_k). Explanations
+    are the attention maps A of Eq. 6 over the region grid. Weights load from safetensors only."""
+    from mmsocial.config import load_config
+    from mmsocial.data.corpus import Corpus
+    from mmsocial.features.text import tag_vectors, tokenize
+    from mmsocial.models.dman import DMAN, DMANConfig, DMANFC
+    from mmsocial.systems import RUN_CONFIG, Collection, Served
+    from mmsocial.train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / RUN_CONFIG, Config)
+    vocab_path = run_dir / "vocabulary.json"
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"{vocab_path}: missing; this run was not written by `mmsocial train dman`")
+    saved = json.loads(vocab_path.read_text())
+    mcfg = DMANConfig(**saved["model"])
+    model = DMAN(mcfg) if mcfg.variant == "dman" else DMANFC(mcfg)
+    load_checkpoint(run_dir, model)  # safetensors
+    model.eval()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    corpus = Corpus.load(cfg.corpus) if cfg.corpus else None
+    if corpus is None:
+        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
+    data = prepare(corpus, cfg)
+    if data.tag_vocabulary != saved["tags"]:
+        raise ValueError(f"{run_dir}: the corpus's top-{cfg.num_tags} tags differ from the run's vocabulary.json "
+                         f"(the corpus changed since training); retrain or serve the original corpus")
+    vocab = saved["tags"]
+    word_row = {w: i for i, w in enumerate(vocab)}
+    row_of_post = {p: i for i, p in enumerate(data.post_ids)}
+    backbone: dict = {}
+
+    def regions_of_images(images) -> np.ndarray:
+        from mmsocial.features.backbones import image_to_tensor, load_backbone
+
+        if "net" not in backbone:
+            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
+        with torch.no_grad():
+            x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
+            return backbone["net"].region_grid(x).float().numpy()
+
+    def post_regions(post_ids: list[str]) -> np.ndarray:
+        rows = [row_of_post.get(p) for p in post_ids]
+        known = [i for i, r in enumerate(rows) if r is not None]
+        out = np.empty((len(post_ids), *data.regions.shape[1:]), dtype=np.float32)
+        if known:
+            out[known] = data.region_block(np.array([rows[i] for i in known]))
+        new = [i for i, r in enumerate(rows) if r is None]  # e.g. posts added to the corpus after training
+        if new:
+            out[new] = regions_of_images([corpus.open_image(post_ids[i]) for i in new])
+        return out
+
+    def posts() -> Collection:
+        return Collection(list(data.post_ids), embed(model, _RegionView(data, np.arange(len(data.post_ids)))))
+
+    def texts() -> Collection:
+        return Collection(list(vocab), np.eye(len(vocab), dtype=np.float32), kind="word", display=list(vocab))
+
+    def query_words(text: str) -> tuple[list[str], list[str]]:
+        words = tokenize(text)
+        whole = " ".join(text.lower().split())
+        known = ([whole] if whole in word_row and whole not in words else []) + [w for w in words if w in word_row]
+        return list(dict.fromkeys(known)), [w for w in words if w not in word_row]
+
+    def embed_text(text: str):
+        if not mcfg.uses_text:
+            raise ValueError("this run is DMAN_Triplet (image only): it has no text query")
+        known, unknown = query_words(text)
+        if not known:
+            raise ValueError(f"no word of {text!r} is in this run's tag vocabulary ({len(vocab)} tags, e.g. "
+                             f"{', '.join(vocab[:8])})")
+        return model.query(torch.from_numpy(tag_vectors([known], vocab)))[0].numpy(), \
+            {"words": known, "unknown_words": unknown}
+
+    def embed_image(image) -> np.ndarray:
+        return embed(model, regions_of_images([image]))[0]
+
+    def embed_posts(post_ids: list[str]) -> np.ndarray:
+        return embed(model, post_regions(list(post_ids)))
+
+    def explain(post_id: str, text: str = "") -> dict:
+        regions = torch.from_numpy(post_regions([post_id]))
+        with torch.no_grad():
+            y = model(regions)[0]
+        known = query_words(text)[0] if text.strip() else []
+        if not known:  # no query word: explain the word the model is most sure of
+            known = [vocab[int(y.argmax())]]
+        alpha = model.attention_maps(regions)[0]  # (L, D), Eq. 6
+        side = int(round(np.sqrt(alpha.shape[1])))
+        maps = {w: alpha[word_row[w]].reshape(side, side).tolist() for w in known}
+        return {"word": known[0], "words": known, "grid": [side, side], "weights": maps[known[0]],
+                "maps": maps, "scores": {w: float(y[word_row[w]]) for w in known}}
+
+    return Served(NAME, run_dir, corpus, "l2", {"posts": posts, "texts": texts}, embed_text=embed_text,
+                  embed_image=embed_image, embed_posts=embed_posts,
+                  explain=explain if mcfg.variant == "dman" else None,
+                  info={"title": TITLE, "variant": mcfg.variant, "tags": len(vocab), "posts": len(data.post_ids),
+                        "vocabulary": vocab})
