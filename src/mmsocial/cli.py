@@ -280,9 +280,10 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
     from mmsocial.experiment import run_experiment
 
     try:
-        run_experiment(config, override)
+        result = run_experiment(config, override)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
+    typer.echo(result.to_markdown())
 
 
 # ---------------------------------------------------------------------------- demo
