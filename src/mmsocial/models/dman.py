@@ -36,8 +36,8 @@ class DMANConfig:
     lam: float = 10.0  # λ, Eq. 11
     beta: float = 1.0  # β, Eq. 12
     bce_word_mean: bool = False  # True: average Eq. 11 over the L words instead of summing (docs)
-    input_norm: bool = False  # standardise each region channel with the training split's mean/std (docs)
-    init: str = "torch"  # "keras": Glorot-uniform weights, zero biases (Keras' defaults, the paper's framework)
+    input_norm: bool = True  # standardise each region channel with the training split's mean/std (docs)
+    init: str = "keras"  # Glorot-uniform weights, zero biases: Keras' defaults, the paper's framework (docs)
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = True
