@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -10,10 +11,56 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from mmsocial import systems
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+_STATE = {"debug": False}
+# OS errors that are the user's to fix (a path, a permission, a full or read-only disk): exit 2
+_USER_OS_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                   errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG}
+
+
+class _OneLineErrors(TyperGroup):
+    """Every failure of a command ends with one line ``error: ...`` on stderr: exit 2 for a user's
+    mistake (bad input, config, path), 1 for anything else (a bug), 130 when interrupted. The
+    Python traceback is shown only with ``mmsocial --debug ...``."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors: click's own message, exit 2
+            raise
+        except KeyboardInterrupt:
+            if _STATE["debug"]:
+                raise
+            _error("interrupted (what was finished is kept; run the same command again to resume)", 130)
+        except Exception as e:  # noqa: BLE001 - the one place that turns exceptions into messages
+            if _STATE["debug"]:
+                raise
+            if isinstance(e, ValueError) or (isinstance(e, OSError) and e.errno in _USER_OS_ERRORS) or \
+                    isinstance(e, (FileNotFoundError, PermissionError)):
+                _error(_one_line(e), 2)
+            if type(e).__name__ == "Timeout" and "filelock" in type(e).__module__:
+                _error(_one_line(e), 2)
+            _error(f"internal error: {type(e).__name__}: {_one_line(e)} (run `mmsocial --debug ...` for the "
+                   f"traceback, and please report it)", 1)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if not isinstance(e, OSError) or not e.filename else \
+        f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or type(e).__name__
+
+
+def _error(msg: str, code: int) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=_OneLineErrors)
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect corpora.")
 features_app = typer.Typer(no_args_is_help=True, help="Extract and cache features.")
 viz_app = typer.Typer(no_args_is_help=True, help="Pictures of what a trained system does.")
@@ -50,14 +97,14 @@ def _configure_logging() -> None:
 
 
 @app.callback()
-def _main() -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="show the Python traceback of an error")) -> None:
     """mmsocial: learning from social multimedia (see `mmsocial COMMAND --help`)."""
+    _STATE["debug"] = debug
     _configure_logging()
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    _error(_one_line(ValueError(msg)), 2)
 
 
 # ---------------------------------------------------------------------------- data
@@ -100,8 +147,12 @@ def data_synthetic(out: Path = typer.Option(Path("data/synthetic"), help="corpus
 
     cfg = SyntheticConfig(posts=posts, seed=seed, users=users, image_size=image_size,
                           write_images=write_images)
+    try:
+        cfg.check()
+    except ValueError as e:
+        _fail(f"--{str(e).removeprefix('SyntheticConfig: ').replace('_', '-')}")
     t = time.perf_counter()
-    c = make_synthetic_corpus(cfg, out)
+    c = make_synthetic_corpus(cfg, out)  # only into a new or empty folder; built beside it, then renamed
     typer.echo(c.describe())
     typer.echo(f"wrote {out} in {time.perf_counter() - t:.1f}s")
 
@@ -129,17 +180,17 @@ def data_openclipart(out: Path = typer.Option(Path("data/openclipart"), help="co
 
 
 @data_app.command("jsonl")
-def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to write"),
-               images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to")):
+def data_jsonl(file: Path, out: Path = typer.Option(..., help="corpus folder to write (new or empty)"),
+               images_root: Optional[Path] = typer.Option(None, help="folder image paths are relative to"),
+               allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="accept relative "
+                                                       "image paths that lead outside --images-root")):
     """Build a corpus from a JSONL file, one post a line (see docs/data.md for the fields)."""
-    from mmsocial.data.corpus import CorpusError
+    from mmsocial.data.corpus import check_new_folder, save_new_corpus
     from mmsocial.data.jsonl import read_jsonl_corpus
 
-    try:
-        c = read_jsonl_corpus(file, images_root=images_root)
-    except CorpusError as e:
-        _fail(str(e))
-    c.save(out)
+    check_new_folder(out)  # before reading: a folder with files is never written into
+    c = read_jsonl_corpus(file, images_root=images_root, allow_outside_root=allow_outside_root)
+    save_new_corpus(c, out)
     typer.echo(c.describe())
 
 
@@ -150,13 +201,11 @@ def _layout_help(summary: str, layout: str) -> str:
 
 
 def _read_dataset(read, out: Path, **kwargs) -> None:
-    from mmsocial.data.corpus import CorpusError
+    from mmsocial.data.corpus import check_new_folder, save_new_corpus
 
-    try:
-        c = read(**kwargs)
-    except (CorpusError, ValueError) as e:
-        _fail(str(e))
-    c.save(out)
+    check_new_folder(out)  # before reading: a folder with files is never written into
+    c = read(**kwargs)
+    save_new_corpus(c, out)
     typer.echo(c.describe())
 
 
@@ -218,7 +267,9 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
                      on_error: str = typer.Option("raise", help="undecodable image: raise | zeros "
                                                   "(zeros + valid mask)"),
                      device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
-                     overwrite: bool = typer.Option(False, help="extract again even if complete features exist")):
+                     seed: int = typer.Option(0, help="--weights random: the seed of the random weights"),
+                     overwrite: bool = typer.Option(False, help="extract again even if complete features exist, "
+                                                    "and replace a feature set made with other settings")):
     """Extract image features into the feature store (resumes an interrupted run)."""
     from mmsocial.data.corpus import Corpus, CorpusError
     from mmsocial.features.backbones import MissingWeightsError
@@ -229,7 +280,7 @@ def features_extract(corpus: Path = typer.Argument(..., help="corpus folder"),
         c = Corpus.load(corpus)
         fs = extract_features(c, kind, backbone, size, out=out, batch_size=batch_size, workers=workers,
                               weights=weights, boxes=boxes, objects=objects, on_error=on_error,
-                              device=device, overwrite=overwrite)
+                              device=device, overwrite=overwrite, seed=seed)
     except (CorpusError, MissingWeightsError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
     s = fs.stats
@@ -265,7 +316,10 @@ def train_cmd(system: SystemName = typer.Argument(..., help="a registered system
         if out is not None:
             ov["workdir"] = str(out)
         cfg = load_config(config, module.Config, ov)  # a bad key or value fails before anything runs
-        run_dir = module.train(cfg)
+        from mmsocial.io import check_writable_folder
+
+        check_writable_folder(cfg.workdir, "run folder", create=False)
+        run_dir = module.train(cfg)  # resumes a killed run with the same config (and says so)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"trained {module.TITLE}: {run_dir}")
@@ -280,10 +334,9 @@ def experiment_cmd(config: Path = typer.Argument(..., help="experiment YAML, e.g
     from mmsocial.experiment import run_experiment
 
     try:
-        result = run_experiment(config, override)
+        run_experiment(config, override)
     except (ConfigError, CorpusError, ValueError) as e:
         _fail(str(e))
-    typer.echo(result.to_markdown())
 
 
 # ---------------------------------------------------------------------------- demo
