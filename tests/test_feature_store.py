@@ -47,7 +47,7 @@ def test_round_trip_and_memory_mapped_read(tmp_path, rng):
     loaded = FeatureSet.open(tmp_path / "f", mmap=False)
     assert not isinstance(loaded.data, np.memmap)
     np.testing.assert_array_equal(loaded.data, fs.data)
-    assert not list(tmp_path.glob(".f.*"))  # no partial folder left behind
+    assert [p.name for p in tmp_path.glob(".f.*")] == [".f.lock"]  # no partial folder left behind (the lock file stays)
 
 
 def test_killed_write_resumes_and_gives_identical_files(tmp_path, rng):
@@ -90,7 +90,9 @@ def test_changed_settings_start_over(tmp_path, rng):
 def test_overwrite_replaces_a_complete_set(tmp_path, rng):
     ids = ["a", "b"]
     write_features(tmp_path / "f", ids, (2,), [(0, np.zeros((2, 2)))], MANIFEST)
-    fs = write_features(tmp_path / "f", ids, (2,), [(0, np.ones((2, 2)))], MANIFEST)
+    same = write_features(tmp_path / "f", ids, (2,), [(0, np.ones((2, 2)))], MANIFEST)
+    assert same.stats["cached"] and same.data.tolist() == [[0, 0], [0, 0]]  # same settings, same rows
+    fs = write_features(tmp_path / "f", ids, (2,), [(0, np.ones((2, 2)))], MANIFEST, overwrite=True)
     assert fs.data.tolist() == [[1, 1], [1, 1]]
 
 
@@ -162,8 +164,11 @@ def test_extraction_matches_the_model_and_runs_decoding_workers(image_corpus, ti
     assert again.stats["cached"] and again.stats["images"] == 0
     torch.manual_seed(1)
     other = load_backbone("mobilenet_v2", "random")  # other random weights: not the same features
+    with pytest.raises(FeatureStoreError, match="other settings.*random_parameters.*--overwrite"):
+        extract_features(image_corpus, "pooled", other, 64, batch_size=4, workers=0, progress=False)
     with pytest.warns(UserWarning, match="underflow"):
-        redo = extract_features(image_corpus, "pooled", other, 64, batch_size=4, workers=0, progress=False)
+        redo = extract_features(image_corpus, "pooled", other, 64, batch_size=4, workers=0, progress=False,
+                                overwrite=True)
     assert redo.stats["images"] == 7
     assert redo.manifest["random_parameters"] != fs.manifest["random_parameters"]
 
@@ -185,7 +190,7 @@ def test_unreadable_image_stops_naming_the_post_then_resumes(image_corpus, tiny_
     assert (fs.path / "manifest.json").read_bytes() == (reference.path / "manifest.json").read_bytes()
 
     # a hole in the progress record: the resumed batch holds rows 1, 4, 5, 6 (two runs of rows)
-    progress = tmp_path / ".holes.partial" / "progress.npy"
+    progress = tmp_path / ".holes.partial" / "written.npy"
     done = np.load(progress)
     assert done.tolist() == [1, 1, 1, 1, 0, 0, 0]
     done[1] = 0

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 __all__ = [
     "ConfigError", "StrictModel", "SyntheticSpec", "ExperimentConfig", "EarlyStoppingConfig", "TrainConfig",
-    "load_config", "parse_overrides", "apply_overrides", "save_config", "partial_model",
+    "load_config", "parse_overrides", "apply_overrides", "save_config", "partial_model", "check_section",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -128,17 +128,43 @@ class ExperimentConfig(StrictModel):
     health: HealthSettings = Field(default_factory=HealthSettings, description="training-health flag thresholds")
 
 
-def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
+def _format_errors(source: str, err: ValidationError, prefix: str = "",
+                   overrides: Mapping[str, Any] | None = None) -> str:
+    """One line per bad key: ``SOURCE: dotted.key: what is wrong (got VALUE)``; a key set by an
+    override says so (``--set model.epochs=two``)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"])) or "<root>"
+        parts = [str(p) for p in (*([prefix] if prefix else []), *e["loc"])
+                 if not (isinstance(p, str) and p.startswith("function-"))]
+        loc = ".".join(parts) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the model's fields)"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{source}: {loc}: {msg}")
+        elif "input" in e and not isinstance(e["input"], (dict, list)) and e["type"] != "missing":
+            shown = repr(e["input"])
+            msg += f" (got {shown if len(shown) <= 40 else shown[:37] + '...'})"
+        origin = source
+        if overrides:
+            hit = next((k for k in overrides if loc == str(k) or loc.startswith(f"{k}.")), None)
+            origin = f"{source} --set {hit}={_shown(overrides[hit])}" if hit else source
+        lines.append(f"{origin}: {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def check_section(values: Mapping[str, Any] | None, model: type[M], key: str, source: str = "config") -> M:
+    """Validate a free-form section (e.g. ``train:`` held as a dict) against ``model`` now, with
+    errors naming the dotted key (``train.lr``), not after a corpus was read or features extracted."""
+    try:
+        return model.model_validate(dict(values or {}))
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e, prefix=key)) from None
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -207,19 +233,19 @@ def load_config(source: str | Path | Mapping[str, Any] | BaseModel, model: type[
         name, data = str(source), _read_yaml(Path(source))
     else:
         raise ConfigError(f"config source must be a YAML path, dict or model, got {type(source).__name__}")
+    if overrides and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
     data = apply_overrides(data, overrides, name)
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        suffix = " (after overrides)" if overrides else ""
-        raise ConfigError(_format_errors(name + suffix, e)) from None
+        raise ConfigError(_format_errors(name, e, overrides=overrides)) from None
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> Path:
     """Write ``cfg`` as YAML that ``load_config`` reads back to an equal model."""
+    from mmsocial.io import write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

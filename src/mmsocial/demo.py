@@ -46,7 +46,8 @@ def run_demo(workdir: Path, posts: int = 2000, seed: int = 0) -> Path:
         report += [f"## {module.TITLE}", "", text, "", f"({seconds:.0f} s)", ""]
 
     report.append(f"Total time: {time.perf_counter() - t0:.0f} s")
-    out = workdir / "report.md"
-    out.write_text("\n".join(report))
+    from mmsocial.io import write_text
+
+    out = write_text(workdir / "report.md", "\n".join(report))
     typer.secho(f"report written to {out}", bold=True)
     return out

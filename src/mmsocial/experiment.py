@@ -33,6 +33,7 @@ from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_con
 from mmsocial.data.corpus import Corpus, CorpusError
 from mmsocial.eval.health import SIGNS, check_health
 from mmsocial.eval.table import ResultTable, ResultTables
+from mmsocial.io import check_writable_folder, write_text
 from mmsocial.systems import Cell
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,7 @@ class ExperimentResult:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------------- config and corpus
@@ -251,7 +250,7 @@ def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
     from tqdm.auto import tqdm
 
     system, cfg = load_experiment_config(config, overrides)
-    workdir = Path(cfg.workdir)
+    workdir = check_writable_folder(cfg.workdir, "experiment workdir", create=False)  # a file or read-only: fails now
     if cfg.threads:
         import torch
 
@@ -271,8 +270,11 @@ def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
         t0 = time.perf_counter()
         where = cell_dir(workdir, row, seed)
         kept = where / "result.json"
-        done = json.loads(kept.read_text()) if kept.is_file() else None
-        if done is not None and done.get("fingerprint") == fingerprint and "cell" in done:
+        try:
+            done = json.loads(kept.read_text()) if kept.is_file() else None
+        except (OSError, ValueError):  # damaged (not by mmsocial: it writes atomically): computed again
+            done = None
+        if isinstance(done, dict) and done.get("fingerprint") == fingerprint and "cell" in done:
             cell, how = Cell.from_dict(done["cell"]), "kept from an earlier run"
         else:
             try:

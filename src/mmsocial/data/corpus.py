@@ -20,8 +20,6 @@ import copy
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -30,6 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mmsocial.io import atomic_folder, atomic_open, check_writable_folder, write_text
 
 FORMAT_VERSION = 1
 
@@ -70,13 +70,23 @@ def normalise_posts(df: pd.DataFrame) -> pd.DataFrame:
 
 def _numbers(df: pd.DataFrame, column: str) -> pd.Series:
     """A float column; a value that is present but not a number is an error naming the post."""
-    values = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    try:
+        values = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    except (OverflowError, TypeError, ValueError):  # a Python int beyond float range, ...
+        values = pd.Series([_float_or_nan(v) for v in df[column]], index=df.index, dtype="float64")
     bad = values.isna() & df[column].notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise CorpusError(f"post {df['post_id'].iloc[i]!r}: field {column!r} is {df[column].iloc[i]!r}, "
                           f"not a number")
     return values
+
+
+def _float_or_nan(v) -> float:
+    try:
+        return float(v)
+    except (OverflowError, TypeError, ValueError):
+        return math.nan
 
 
 def _isin(column: pd.Series, values) -> pd.Series:
@@ -195,10 +205,15 @@ class Corpus:
         dup = p["post_id"][p["post_id"].duplicated()]
         if len(dup):
             raise CorpusError(f"{where}: duplicate post id {dup.iloc[0]!r} (field 'post_id')")
-        for c in ("views", "days"):
+        missing_id = p["post_id"].isna()
+        if missing_id.any():
+            raise CorpusError(f"{where}: row {int(np.flatnonzero(missing_id.to_numpy())[0])} of posts has no "
+                              f"post id (field 'post_id' is null)")
+        for c in ("views", "days", "timestamp"):
             bad = ~np.isfinite(p[c].to_numpy()) & p[c].notna().to_numpy()
             if bad.any():
-                raise CorpusError(f"{where}: post {p['post_id'][bad].iloc[0]!r}: field {c!r} is not finite")
+                raise CorpusError(f"{where}: post {p['post_id'][bad].iloc[0]!r}: field {c!r} is not finite "
+                                  f"(too large for a float, or infinite)")
         # Popularity is recorded by views and days together: one without the other is NaN popularity.
         half = p["views"].isna() != p["days"].isna()
         if half.any():
@@ -240,7 +255,7 @@ class Corpus:
                     self.open_image(pid)
                 elif not self.image_path(pid).is_file():
                     raise CorpusError(f"{where}: post {pid!r}: image file {self.image_path(pid)} "
-                                      f"does not exist (field 'image')")
+                                      f"does not exist or is not a file (field 'image')")
         return self.missing_modalities()
 
     def missing_modalities(self) -> dict[str, int]:
@@ -315,30 +330,26 @@ class Corpus:
 
     # ------------------------------------------------------------------ disk
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the tables atomically: into a temporary folder beside ``path``, then rename.
+        """Write the tables, each atomically (``mmsocial.io``), into ``path`` (created if needed).
 
-        Image files already under ``path`` (e.g. written there by a reader) are kept.
+        Image files already under ``path`` (e.g. written there by a reader) are kept. To write a
+        new corpus as a whole, all or nothing, use :func:`save_new_corpus`.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tables-", dir=path))
-        try:
-            pq.write_table(_posts_to_arrow(self.posts), tmp / "posts.parquet")
-            pq.write_table(pa.Table.from_pandas(self.users, preserve_index=False), tmp / "users.parquet")
-            pq.write_table(pa.Table.from_pandas(self.links[LINK_COLUMNS], preserve_index=False),
-                           tmp / "links.parquet")
-            meta = dict(self.meta)
-            meta.setdefault("name", path.name)
-            meta["format_version"] = FORMAT_VERSION
-            meta["missing"] = self.missing_modalities()
-            meta.setdefault("vocabularies", {})
-            meta["vocabularies"].setdefault("tags", _by_frequency(self.posts["tags"]))
-            meta["vocabularies"].setdefault("labels", _by_frequency(self.posts["labels"]))
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            for f in ("posts.parquet", "users.parquet", "links.parquet", "meta.json"):
-                os.replace(tmp / f, path / f)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        check_writable_folder(path, "corpus folder")
+        meta = dict(self.meta)
+        meta.setdefault("name", path.name)
+        meta["format_version"] = FORMAT_VERSION
+        meta["missing"] = self.missing_modalities()
+        meta.setdefault("vocabularies", {})
+        meta["vocabularies"].setdefault("tags", _by_frequency(self.posts["tags"]))
+        meta["vocabularies"].setdefault("labels", _by_frequency(self.posts["labels"]))
+        for name, table in (("posts.parquet", _posts_to_arrow(self.posts)),
+                            ("users.parquet", pa.Table.from_pandas(self.users, preserve_index=False)),
+                            ("links.parquet", pa.Table.from_pandas(self.links[LINK_COLUMNS], preserve_index=False))):
+            with atomic_open(path / name, "wb") as f:
+                pq.write_table(table, f)
+        write_text(path / "meta.json", json.dumps(meta, indent=1, default=str))
         self.root, self.meta = path, meta
         return path
 
@@ -348,17 +359,79 @@ class Corpus:
         if not (path / "posts.parquet").is_file():
             raise CorpusError(f"{path}: not a corpus folder (no posts.parquet). Build one with "
                               f"`mmsocial data synthetic --out {path}` or another `mmsocial data` reader.")
+        posts = _read_table(path / "posts.parquet")
+        if "post_id" not in posts.columns:
+            raise CorpusError(f"{path / 'posts.parquet'}: no 'post_id' column (columns: "
+                              f"{', '.join(map(str, posts.columns[:12]))}); a corpus needs one id per post")
+        users = _read_table(path / "users.parquet") if (path / "users.parquet").is_file() else None
+        links = _read_table(path / "links.parquet") if (path / "links.parquet").is_file() else None
+        if links is not None and len(links) and not set(LINK_COLUMNS[:2]) <= set(links.columns):
+            raise CorpusError(f"{path / 'links.parquet'}: needs the columns 'src' and 'dst'")
+        meta = {}
+        if (path / "meta.json").is_file():
+            try:
+                meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise CorpusError(f"{path / 'meta.json'}: not valid JSON ({e}); restore it, or delete it "
+                                  f"(the vocabularies are then recomputed from the posts)") from None
+            if not isinstance(meta, dict):
+                raise CorpusError(f"{path / 'meta.json'}: expected a JSON object (name, vocabularies, ...), "
+                                  f"got a JSON {type(meta).__name__}")
+            if not isinstance(meta.get("vocabularies", {}), dict):
+                raise CorpusError(f"{path / 'meta.json'}: field 'vocabularies' must be an object")
         try:
-            posts = pq.read_table(path / "posts.parquet").to_pandas()
-            users = pq.read_table(path / "users.parquet").to_pandas() if (path / "users.parquet").is_file() else None
-            links = pq.read_table(path / "links.parquet").to_pandas() if (path / "links.parquet").is_file() else None
-            meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
-        except Exception as e:
-            raise CorpusError(f"{path}: cannot read corpus tables ({e})") from None
-        corpus = cls(posts, users, links, meta, path)
+            corpus = cls(posts, users, links, meta, path)
+        except CorpusError as e:
+            raise CorpusError(f"{path / 'posts.parquet'}: {e}") from None
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CorpusError(f"{path}: cannot read the corpus tables ({type(e).__name__}: {e})") from None
         if validate:
             corpus.validate(check_images="none")
         return corpus
+
+
+def _read_table(file: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(file).to_pandas()
+    except Exception as e:  # Arrow raises several types for a damaged file
+        raise CorpusError(f"{file}: cannot be read as Parquet ({type(e).__name__}: {e})") from None
+
+
+def check_new_folder(path: str | os.PathLike, what: str = "corpus") -> Path:
+    """A generated corpus goes only into a new or empty folder: anything else is an error naming it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CorpusError(f"{path}: is a file; a new {what} needs a new or empty folder (choose another --out)")
+    if path.is_dir():
+        entries = sorted(p.name for p in path.iterdir())
+        if entries:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise CorpusError(f"{path}: the folder exists and is not empty ({shown}); a new {what} is written "
+                              f"only into a new or empty folder, so that nothing there is overwritten; "
+                              f"choose another --out or remove the folder")
+    try:
+        check_writable_folder(path, "output folder", create=False)
+    except ValueError as e:
+        raise CorpusError(str(e)) from None
+    return path
+
+
+def save_new_corpus(corpus: "Corpus", path: str | os.PathLike,
+                    fill: Callable[[Path], None] | None = None) -> "Corpus":
+    """Write ``corpus`` as a new folder ``path``, all or nothing.
+
+    ``path`` must be new or empty (:func:`check_new_folder`). Everything is written into a
+    hidden temporary folder beside it (``fill(tmp)`` first, e.g. to write image files) and renamed
+    to ``path`` when complete, so a kill leaves no half-built corpus at ``path``.
+    """
+    path = check_new_folder(path)
+    corpus.meta.setdefault("name", path.name)
+    with atomic_folder(path) as tmp:
+        if fill is not None:
+            fill(tmp)
+        corpus.save(tmp)
+    corpus.root = path
+    return corpus
 
 
 def _posts_to_arrow(posts: pd.DataFrame) -> pa.Table:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,10 +29,12 @@ KNOWN_KEYS = ("post_id", "user_id", "user_name", "image", "text", "tags", "label
 
 
 def read_jsonl_corpus(file: str | Path, images_root: str | Path | None = None,
-                      check_images: bool = True) -> Corpus:
+                      check_images: bool = True, allow_outside_root: bool = False) -> Corpus:
     """Read a JSONL file into a Corpus (not saved; call ``.save(folder)``).
 
-    Raises CorpusError naming the file, line and field of the first bad value.
+    Raises CorpusError naming the file, line and field of the first bad value. A relative image
+    path that leaves ``images_root`` (``../../etc/passwd``) is an error unless
+    ``allow_outside_root``; absolute paths are taken as the user wrote them.
     """
     file = Path(file)
     if not file.is_file():
@@ -58,7 +61,7 @@ def read_jsonl_corpus(file: str | Path, images_root: str | Path | None = None,
                 raise CorpusError(f"{where}: bad JSON ({e.msg}; column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            rec = _post(obj, where, images_root, check_images)
+            rec = _post(obj, where, images_root, check_images, allow_outside_root)
             pid = rec["post_id"]
             if pid in line_of:
                 raise CorpusError(f"{where}: duplicate post_id {pid!r} (first on line {line_of[pid]})")
@@ -95,14 +98,14 @@ def read_jsonl_corpus(file: str | Path, images_root: str | Path | None = None,
     return corpus
 
 
-def _post(obj: dict, where: str, images_root: Path, check_images: bool) -> dict:
+def _post(obj: dict, where: str, images_root: Path, check_images: bool, allow_outside_root: bool = False) -> dict:
     pid = obj.get("post_id")
     if pid is None or isinstance(pid, (bool, float, list, dict)) or str(pid).strip() == "":
         raise CorpusError(f"{where}: field 'post_id' is missing or not a string/integer ({pid!r})")
     return {
         "post_id": str(pid),
         "user_id": _optional_id(obj.get("user_id"), where, "user_id"),
-        "image": _image(obj.get("image"), where, images_root, check_images),
+        "image": _image(obj.get("image"), where, images_root, check_images, allow_outside_root),
         "text": _optional_str(obj.get("text"), where, "text"),
         "tags": _str_list(obj.get("tags"), where, "tags"),
         "labels": _str_list(obj.get("labels"), where, "labels"),
@@ -120,13 +123,15 @@ def parse_timestamp(value, where: str = "timestamp") -> float:
     if isinstance(value, bool):
         raise CorpusError(f"{where}: field 'timestamp' is a boolean")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(value, where, "timestamp")
     if isinstance(value, str):
         s = value.strip()
         try:
-            return float(s)
+            number = float(s)
         except ValueError:
             pass
+        else:
+            return _finite(number, where, "timestamp", shown=s)
         try:
             dt = datetime.fromisoformat(s)
         except ValueError:
@@ -134,11 +139,14 @@ def parse_timestamp(value, where: str = "timestamp") -> float:
                               f"or ISO-8601 (e.g. 2020-05-01T12:00:00Z)") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        try:
+            return dt.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise CorpusError(f"{where}: field 'timestamp' is {value!r}, out of the range of dates") from None
     raise CorpusError(f"{where}: field 'timestamp' is a {type(value).__name__}, expected a number or string")
 
 
-def _image(value, where: str, images_root: Path, check: bool) -> str | None:
+def _image(value, where: str, images_root: Path, check: bool, allow_outside_root: bool = False) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -147,7 +155,14 @@ def _image(value, where: str, images_root: Path, check: bool) -> str | None:
         raise CorpusError(f"{where}: field 'image' is a URL ({value}); download the images and give "
                           f"paths relative to --images-root")
     path = Path(value)
-    path = path if path.is_absolute() else images_root / path
+    if not path.is_absolute():
+        path = images_root / path
+        inside = Path(os.path.normpath(path))
+        if not allow_outside_root and not inside.is_relative_to(images_root):
+            raise CorpusError(f"{where}: field 'image': {value!r} leads outside the images root {images_root}; "
+                              f"give a path inside it, change --images-root, or pass --allow-outside-root "
+                              f"if the images really are elsewhere")
+        path = inside
     if check and not path.is_file():
         raise CorpusError(f"{where}: field 'image': file {path} does not exist (paths are relative to "
                           f"{images_root}; pass --images-root to change that)")
@@ -190,9 +205,19 @@ def _number(value, where: str, field: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CorpusError(f"{where}: field {field!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise CorpusError(f"{where}: field {field!r} is not finite")
-    return float(value)
+    return _finite(value, where, field)
+
+
+def _finite(value, where: str, field: str, shown: str | None = None) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        shown = str(value) if shown is None else shown
+        shown = shown if len(shown) <= 24 else shown[:20] + "..."
+        raise CorpusError(f"{where}: field {field!r} is {shown}, too large for a float (not finite)")
+    return number
 
 
 def _extra_column(values: list) -> list:

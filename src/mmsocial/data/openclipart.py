@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mmsocial.data.corpus import Corpus, CorpusError, make_posts
+from mmsocial.data.corpus import Corpus, CorpusError, check_new_folder, make_posts
+from mmsocial.io import atomic_folder, atomic_open
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 TREE = Path("usr/share/openclipart")
@@ -281,9 +282,8 @@ def downscale_png(job: tuple[str, str, int]) -> tuple[str, str | None]:
                 im = im.reduce(factor)
             im.thumbnail((max_side, max_side), Image.LANCZOS)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst + ".tmp"
-            im.save(tmp, format="PNG", optimize=False)
-            Path(tmp).replace(dst)
+            with atomic_open(dst, "wb") as f:
+                im.save(f, format="PNG", optimize=False)
         return dst, None
     except Exception as e:  # corrupt or truncated file: reported, not fatal
         return dst, f"{type(e).__name__}: {e}"
@@ -351,7 +351,7 @@ def build_openclipart_corpus(out: str | Path, source: str | Path | None = None,
     if max_links < 0:
         raise ValueError(f"max_links must be >= 0, got {max_links}")
     t0 = time.perf_counter()
-    out = Path(out)
+    out = check_new_folder(out)  # a generated corpus never goes into a folder with files
     tree = find_openclipart_tree(source, cache)
     exclude = tuple(exclude or ())
 
@@ -403,7 +403,19 @@ def build_openclipart_corpus(out: str | Path, source: str | Path | None = None,
             "folders": ["/".join(loc.split("/")[:-1]) for loc in locs],
         })
 
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out) as tmp:  # built beside ``out`` and renamed when complete
+        jobs = [(src, str(tmp / Path(dst).relative_to(out)), side) for src, dst, side in jobs]
+        corpus = _finish(tmp, out, jobs, records, authors, problems, locations, tree, t0, workers, max_side,
+                         exclude, limit, n_excluded, n_broken, n_no_svg, n_bad_svg, n_no_meta, max_links, seed)
+    corpus.root = out
+    if problems:
+        tqdm.write(f"openclipart: {len(problems)} files with problems (first: {problems[0]}); "
+                   f"see meta.json provenance.problems")
+    return corpus
+
+
+def _finish(tmp, out, jobs, records, authors, problems, locations, tree, t0, workers, max_side, exclude, limit,
+            n_excluded, n_broken, n_no_svg, n_bad_svg, n_no_meta, max_links, seed) -> Corpus:
     errors = _downscale_all(jobs, workers)
     n_oversize = sum("exceeds the cap" in e for e in errors.values())
     n_corrupt = len(errors) - n_oversize
@@ -431,8 +443,5 @@ def build_openclipart_corpus(out: str | Path, source: str | Path | None = None,
         },
     }
     corpus = Corpus(posts, users, links, meta)
-    corpus.save(out)
-    if problems:
-        tqdm.write(f"openclipart: {len(problems)} files with problems (first: {problems[0]}); "
-                   f"see meta.json provenance.problems")
+    corpus.save(tmp)
     return corpus

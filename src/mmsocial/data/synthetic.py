@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsocial.data.corpus import Corpus
+from mmsocial.data.corpus import Corpus, save_new_corpus
 from mmsocial.data.graph import label_link_pairs
+from mmsocial.io import atomic_open
 from mmsocial.data.splits import random_split
 
 # name, superclass, shape, texture, palette, related tags, content popularity
@@ -101,8 +102,8 @@ class SyntheticConfig:
     def check(self) -> None:
         def bad(msg):
             raise ValueError(f"SyntheticConfig: {msg}")
-        if self.posts < 1:
-            bad(f"posts must be >= 1, got {self.posts}")
+        if self.posts < 10:
+            bad(f"posts must be at least 10 (a corpus needs train, val and test posts), got {self.posts}")
         if self.n_users() < 1:
             bad(f"users must be >= 1, got {self.users}")
         if self.image_size < 32:
@@ -242,11 +243,9 @@ def make_synthetic_corpus(cfg: SyntheticConfig, out: str | os.PathLike | None = 
     }
     corpus = Corpus(posts, users, links, meta)
     corpus.posts["split"] = pd.Series(random_split(corpus, cfg.split_fractions, cfg.seed), dtype=object)
-    if out is not None:
-        out = Path(out)
-        if cfg.write_images:
-            write_images(corpus, out, workers=cfg.workers)
-        corpus.save(out)
+    if out is not None:  # a new or empty folder only; built beside it and renamed when complete
+        fill = (lambda tmp: write_images(corpus, tmp, workers=cfg.workers)) if cfg.write_images else None
+        save_new_corpus(corpus, out, fill)
     return corpus
 
 
@@ -430,9 +429,8 @@ def _write_one(job):
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(render_array(post_id, objects, spec)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(render_array(post_id, objects, spec)).save(f, format="PNG")
     return post_id
 
 

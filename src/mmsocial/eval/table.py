@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -129,12 +127,10 @@ class ResultTable:
             text = self.to_markdown() + "\n"
         else:
             raise ValueError(f"cannot save a table as {path.name!r}: use a .json, .csv or .md file name")
+        from mmsocial.io import write_text
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        return path
+        return write_text(path, text, newline="")
 
     @classmethod
     def load(cls, path: str | Path) -> "ResultTable":

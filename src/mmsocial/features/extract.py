@@ -15,8 +15,10 @@ the extra array ``valid`` (N,) uint8 marks it 0 (a warning gives the count).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmsocial.data.corpus import Corpus, CorpusError
+from mmsocial.data.corpus import SYNTHETIC_IMAGE_SCHEME, Corpus, CorpusError
 from mmsocial.features.backbones import FeatureExtractor, image_to_tensor, load_backbone, parameters_fingerprint
 from mmsocial.features.boxes import OnnxDetector, cam_boxes, grid_boxes, roi_features
-from mmsocial.features.store import FeatureSet, is_complete, pending_rows, write_features
+from mmsocial.features.store import FeatureSet, check_output, is_complete, write_features
 
 KINDS = ("regions", "pooled", "objects")
 BOX_SOURCES = ("cam", "grid")  # or a path to an ONNX detector file
@@ -64,19 +66,42 @@ def corpus_fingerprint(corpus: Corpus) -> str:
     return h.hexdigest()[:16]
 
 
+def image_keys(corpus: Corpus, post_ids: list[str]) -> list[str]:
+    """What each post's features are computed from: the image path with the file's size and
+    modification time (a rendered synthetic image: a checksum of its objects). An edited,
+    replaced or touched image gets a new key, so its row is extracted again."""
+    rows = corpus.posts.set_index("post_id", drop=False).loc[post_ids]
+    objects = rows["objects"] if "objects" in rows.columns else [None] * len(rows)
+    keys = []
+    for pid, img, obj in zip(post_ids, rows["image"], objects):
+        if str(img).startswith(SYNTHETIC_IMAGE_SCHEME):
+            keys.append(f"{img}\tobjects:{zlib.crc32(str(obj).encode()):08x}")
+            continue
+        path = corpus.image_path(pid)
+        try:
+            st = os.stat(path)
+            keys.append(f"{img}\t{st.st_size}\t{st.st_mtime_ns}")
+        except OSError:
+            keys.append(f"{img}\tmissing")
+    return keys
+
+
 def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtractor" = "mobilenet_v2",
                      size: int = 224, out: "str | Path | None" = None, batch_size: int = 32,
                      workers: int = 2, weights: str = "imagenet", boxes: str = "cam", objects: int = 10,
                      on_error: str = "raise", device: "str | None" = None,
-                     progress: bool = True, overwrite: bool = False) -> FeatureSet:
+                     progress: bool = True, overwrite: bool = False, seed: "int | None" = 0) -> FeatureSet:
     """Extract ``kind`` features of every post with an image; resumes an interrupted run.
 
     backbone: a name (see backbones.SPECS) loaded with ``weights`` ("imagenet", "random" or a
     path), or an already loaded FeatureExtractor. boxes (kind "objects"): "cam", "grid" or the
-    path of an ONNX detector file; objects: boxes per image (P). device: None picks CUDA when
-    available. A complete feature set at ``out`` made with the same settings is returned as it
-    is unless ``overwrite``. The returned FeatureSet has ``stats`` (images, seconds,
-    images_per_s, resumed_from, cached) of this run.
+    path of an ONNX detector file; objects: boxes per image (P). seed: the seed of random
+    weights loaded by name (None: the caller's torch RNG), so that the same call gives the same
+    weights and finds its own feature set again. device: None picks CUDA when available. A complete feature set at ``out`` made with the same settings is returned as it
+    is unless ``overwrite``; rows whose image changed since (size or modification time) are
+    extracted again. ``out`` may be new, an empty folder or a feature set; a feature set made
+    with other settings is replaced only with ``overwrite``; anything else there is an error.
+    The returned FeatureSet has ``stats`` (images, seconds, images_per_s, resumed_from, cached).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -94,15 +119,24 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
         detector = OnnxDetector(boxes)
     if kind == "objects" and boxes == "grid":
         grid_boxes(objects, size, size)  # validates the count up front
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = backbone if isinstance(backbone, FeatureExtractor) else load_backbone(backbone, weights, device)
-    model = model.to(device).eval()
-
     has_image = corpus.posts["image"].notna().to_numpy()
     post_ids = corpus.posts["post_id"][has_image].tolist()
     if not post_ids:
         raise CorpusError(f"{corpus.root or corpus.name}: no post has an image (field 'image'); nothing to extract")
-    out = Path(out) if out is not None else default_output(corpus, kind, model.name, size)
+    name = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
+    out = Path(out) if out is not None else default_output(corpus, kind, name, size)
+    check_output(out)  # a file or a folder of the user's is refused before any work
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(backbone, FeatureExtractor):
+        model = backbone
+    elif weights == "random" and seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = load_backbone(backbone, weights, device)
+    else:
+        model = load_backbone(backbone, weights, device)
+    model = model.to(device).eval()
+
     side = model.grid_size(size)
     channels = model.spec.pooled_channels if kind == "pooled" else model.spec.grid_channels
     dims = {"regions": (side * side, channels), "pooled": (channels,), "objects": (objects, channels)}[kind]
@@ -119,14 +153,22 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
         "corpus": {"name": corpus.name, "version": corpus.meta.get("version"),
                    "fingerprint": corpus_fingerprint(corpus)},
     }
+    if corpus.root is not None:
+        manifest["corpus"]["root"] = str(corpus.root)
+        if isinstance(backbone, str):
+            manifest["command"] = (f"mmsocial features extract {corpus.root} --kind {kind} --backbone {backbone} "
+                                   f"--size {size} --weights {weights} --out {out}"
+                                   + (f" --boxes {boxes} --objects {objects}" if kind == "objects" else "")
+                                   + (" --on-error zeros" if on_error == "zeros" else "")
+                                   + (f" --seed {seed}" if weights == "random" and seed is not None else ""))
+    keys = image_keys(corpus, post_ids)
     if model.weights_id == "random":  # resume and reuse only with these very random weights
         manifest["random_parameters"] = parameters_fingerprint(model)
-    if not overwrite and is_complete(out, post_ids, dims, manifest, extra_dims):
-        fs = FeatureSet.open(out)
-        fs.stats = {"images": 0, "seconds": 0.0, "images_per_s": float("nan"), "resumed_from": len(fs),
-                    "cached": True}
+    cached = {"images": 0, "seconds": 0.0, "images_per_s": float("nan"), "cached": True}
+    if not overwrite and is_complete(out, post_ids, dims, manifest, extra_dims, keys):
+        fs = FeatureSet.open(out)  # checked without the lock: nothing is written
+        fs.stats = {**cached, "resumed_from": len(fs)}
         return fs
-    todo = pending_rows(out, post_ids, dims, manifest, extra_dims)
     stats = {"images": 0, "seconds": 0.0}
     failures: list[str] = []
 
@@ -162,12 +204,15 @@ def extract_features(corpus: Corpus, kind: str, backbone: "str | FeatureExtracto
             stats["seconds"] = time.perf_counter() - start
             bar.close()
 
-    fs = write_features(out, post_ids, dims, batches, manifest, extra_dims)
+    fs = write_features(out, post_ids, dims, batches, manifest, extra_dims, row_keys=keys, overwrite=overwrite)
+    if fs.stats.get("cached"):  # another process wrote it while this one waited for the lock
+        fs.stats = {**cached, "resumed_from": len(fs)}
+        return fs
     if failures:
         warnings.warn(f"{len(failures)} images could not be decoded and were written as zeros "
                       f"(valid = 0); first: {failures[0]}")
     stats["images_per_s"] = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
-    stats["resumed_from"] = len(post_ids) - len(todo)
+    stats["resumed_from"] = fs.stats["resumed_from"]
     stats["cached"] = False
     fs.stats = stats
     return fs

@@ -99,11 +99,9 @@ class Vocabulary:
         return [self.words[i] for i in ids if i != 0]
 
     def save(self, path: "str | os.PathLike") -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"words": self.words, "counts": self.counts}, ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        from mmsocial.io import write_json
+
+        return write_json(path, {"words": self.words, "counts": self.counts}, ensure_ascii=False)
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "Vocabulary":

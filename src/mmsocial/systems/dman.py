@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, TrainConfig, load_config, partial_model
 from mmsocial.data.corpus import Corpus, CorpusError
 from mmsocial.eval.table import ResultTable
+from mmsocial.io import write_json
 from mmsocial.systems import Cell
 
 log = logging.getLogger(__name__)
@@ -289,8 +290,12 @@ def embed(model: torch.nn.Module, regions, batch_size: int = 256, device: str = 
     return torch.cat(out).numpy()
 
 
-def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: int = 0):
-    """Train one DMAN variant on the training posts with the shared trainer; returns (model, TrainResult)."""
+def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: int = 0,
+                resume: "bool | str" = False):
+    """Train one DMAN variant on the training posts with the shared trainer; returns (model, TrainResult).
+
+    resume: passed to the trainer ("auto": continue the run in ``out_dir`` when its config and
+    data are unchanged, else start over saying why)."""
     from mmsocial.data.graph import TripletSampler
     from mmsocial.models.dman import DMANLoss, dman
     from mmsocial.train.data import FeatureDataset
@@ -333,7 +338,7 @@ def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: 
 
     result = train(model, FeatureDataset({"row": np.arange(len(tr))}), batch_loss(loss_fn, regions, tags,
                    mcfg.k_negatives), tcfg, out_dir, evaluate=evaluate, sampler_factory=sampler_factory,
-                   resume=False, run_config={"dman": mcfg.to_dict()})
+                   resume=resume, run_config={"dman": mcfg.to_dict(), "data": data.fingerprint()})
     if tcfg.early_stopping.metric and result.best_checkpoint is not None:
         from mmsocial.train.checkpoint import load_checkpoint
         load_checkpoint(result.best_checkpoint, model)
@@ -464,10 +469,10 @@ def train(cfg: Config) -> Path:
     data = prepare(load_corpus(cfg), cfg)
     log.info("DMAN %s: %s", variant, data.describe())
     run_dir = Path(cfg.workdir)
-    model, result = train_model(data, variant, cfg, run_dir, cfg.seeds[0] if cfg.seeds else 0)
-    (run_dir / "vocabulary.json").write_text(json.dumps(
-        {"tags": data.tag_vocabulary, "labels": data.label_vocabulary, "variant": variant,
-         "preset": cfg.preset, "model": model.cfg.to_dict()}, indent=1))
+    model, result = train_model(data, variant, cfg, run_dir, cfg.seeds[0] if cfg.seeds else 0, resume="auto")
+    write_json(run_dir / "vocabulary.json", {"tags": data.tag_vocabulary, "labels": data.label_vocabulary,
+                                             "variant": variant, "preset": cfg.preset,
+                                             "model": model.cfg.to_dict()}, indent=1)
     log.info("%s", result.summary())
     return run_dir
 

@@ -13,9 +13,7 @@ atomically after it. A run killed at any moment leaves the previous index valid.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +21,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from mmsocial.io import TMP_MARK, atomic_folder, restore_old, write_json
+
 __all__ = ["CheckpointError", "save_checkpoint", "read_index", "write_index", "find_checkpoint",
-           "load_checkpoint", "load_training_state", "prune_checkpoints"]
+           "load_checkpoint", "load_training_state", "prune_checkpoints", "recover_checkpoints"]
 
 WEIGHTS, CONFIG, STATE, INDEX = "model.safetensors", "config.json", "state.pt", "index.json"
 
@@ -33,35 +33,16 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint is missing or incomplete; the message names the path."""
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, state: dict[str, Any],
                     config: dict[str, Any]) -> Path:
     """Write ``root/step_{step:08d}`` atomically and return it (an existing one is replaced)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(final) as tmp:  # fsync'ed and renamed when complete (mmsocial.io)
         save_model(model, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
         torch.save(state, tmp / STATE)
-        for name in (WEIGHTS, CONFIG, STATE):
-            _fsync(tmp / name)
-        if final.exists():
-            old = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -70,24 +51,28 @@ def read_index(root: str | Path) -> dict[str, Optional[str]]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: unreadable checkpoint index ({e}); delete it to start over") from None
+    return index
+
+
+def recover_checkpoints(root: str | Path) -> None:
+    """For the run's own trainer, before it reads the index: put back a step folder that a kill
+    left under ``.step_….old-*`` while it was being replaced (``io.replace_folder``)."""
+    index = read_index(root)
+    for name in {index.get("last"), index.get("best")} - {None}:
+        restore_old(Path(root) / name)
 
 
 def write_index(root: str | Path, last: Optional[Path], best: Optional[Path]) -> None:
-    root = Path(root)
-    data = {"last": last.name if last else None, "best": best.name if best else None}
-    tmp = root / f".{INDEX}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    _fsync(tmp)
-    tmp.replace(root / INDEX)
+    write_json(Path(root) / INDEX, {"last": last.name if last else None, "best": best.name if best else None})
 
 
 def prune_checkpoints(root: str | Path, keep: set[str]) -> None:
     """Delete step folders (and leftovers of interrupted writes) not named in ``keep``."""
     for p in Path(root).iterdir():
-        if p.is_dir() and (p.name.startswith((".tmp-", ".old-")) or
+        if p.is_dir() and (TMP_MARK in p.name or ".old-" in p.name or
                            (p.name.startswith("step_") and p.name not in keep)):
             shutil.rmtree(p, ignore_errors=True)
 

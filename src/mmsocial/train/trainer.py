@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import logging
 import math
 import random
 import time
@@ -36,11 +38,15 @@ from tqdm.auto import tqdm
 
 from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
 from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
-                                       save_checkpoint, write_index)
+                                       recover_checkpoints, save_checkpoint, write_index)
 from mmsocial.train.distributed import (DistInfo, barrier, broadcast_object, epoch_batches,
                                         gather_objects, init_distributed, shutdown_distributed)
 
 __all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device"]
+
+log = logging.getLogger(__name__)
+# settings that only say how long or how verbosely to train: changing them continues a run
+RUN_LENGTH_FIELDS = ("epochs", "max_steps", "progress", "log_every", "tensorboard", "num_workers")
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, Any]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -61,6 +67,8 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
     examples_per_second: float = 0.0
+    resumed_from: Optional[int] = None  # the step this run continued from (None: from scratch)
+    restart_reason: Optional[str] = None  # why checkpoints in out_dir were not resumed (resume="auto")
 
     def summary(self) -> str:
         lines = [f"trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s"
@@ -156,7 +164,9 @@ class _CsvLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
+        from mmsocial.io import atomic_open
+
+        with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, self.fields, restval="")
             if self.fields:
                 w.writeheader()
@@ -220,7 +230,7 @@ def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
 
 def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConfig | Mapping | str | Path,
           out_dir: str | Path, evaluate: Optional[EvalFn] = None, collate_fn: Optional[Callable] = None,
-          sampler_factory: Optional[SamplerFactory] = None, resume: bool = True,
+          sampler_factory: Optional[SamplerFactory] = None, resume: "bool | str" = True,
           param_groups: Optional[Sequence[dict]] = None,
           run_config: Optional[Mapping[str, Any]] = None) -> TrainResult:
     """Train ``model`` on ``train_data``; see the module docstring and docs/training.md.
@@ -229,8 +239,14 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
     samplers that must build whole batches (triplets); it must be deterministic in its arguments
     and give every rank the same number of batches. param_groups: optimiser groups (each may
     set its own "lr"); default all parameters. run_config: saved in each checkpoint's config.json
-    (e.g. the model's hyper-parameters, to rebuild it later).
+    (e.g. the model's hyper-parameters, to rebuild it later). resume: True continues from the
+    last checkpoint in ``out_dir`` (a ConfigError when it cannot be continued exactly); "auto"
+    continues when the configuration (train settings other than RUN_LENGTH_FIELDS, run_config,
+    data) is the one of the checkpoint and otherwise starts over, giving the reason in
+    ``TrainResult.restart_reason``; False starts over.
     """
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     if not isinstance(cfg, TrainConfig):
         cfg = load_config(cfg, TrainConfig)
     if cfg.early_stopping.metric and evaluate is None:
@@ -238,6 +254,9 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
                           "pass evaluate=... or set early_stopping.metric to null")
     if len(train_data) == 0:
         raise ValueError("train_data is empty: nothing to train on")
+    from mmsocial.io import check_writable_folder
+
+    check_writable_folder(out_dir, "run folder")  # a file or a read-only path: a ValueError naming it
     info = init_distributed(cfg.device)
     try:
         result = _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
@@ -263,6 +282,11 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
             return epoch_batches(n, cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                                  cfg.shuffle, cfg.drop_last)
         batches = [[int(i) for i in b] for b in sampler_factory(epoch, info.rank, info.world_size)]
+        empty = [i for i, b in enumerate(batches) if not b]
+        if empty:
+            raise ValueError(f"sampler_factory gave an empty batch (batch {empty[0]} of {len(batches)} in epoch "
+                             f"{epoch}) for {n} training examples; the training set is probably too small for "
+                             f"this sampler (use a bigger corpus or a smaller batch_size)")
         counts = gather_objects(len(batches), info)
         if not batches or len(set(counts)) > 1:
             raise ValueError(f"sampler_factory gave {counts} batches per rank in epoch {epoch}; "
@@ -289,8 +313,17 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     last_dir: Optional[Path] = None
     data_key = [cfg.seed, cfg.batch_size, cfg.shuffle, cfg.drop_last, n, sampler_factory is not None]
 
+    if resume and info.is_main:
+        recover_checkpoints(ckpt_root)
+    barrier(info)
     index = read_index(ckpt_root) if resume else {}
-    if not resume and info.is_main and (ckpt_root / "index.json").is_file():
+    restart_reason = None
+    if resume == "auto" and index.get("last"):
+        restart_reason = _why_not_resumable(ckpt_root / index["last"], cfg, run_config, data_key, info)
+        if restart_reason:
+            log.warning("%s: %s; starting over", ckpt_root / index["last"], restart_reason)
+            index = {}
+    if not index and info.is_main and (ckpt_root / "index.json").is_file():
         (ckpt_root / "index.json").unlink()  # a fresh run: the old checkpoints go at its first save
     resumed_from, resumed_examples = None, 0
     if index.get("last"):
@@ -315,6 +348,7 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         log_meter, eval_meter = _Meter(**state["log_meter"]), _Meter(**state["eval_meter"])
         _set_rng_state(state["rng"][info.rank], device)
         resumed_from, resumed_examples = step, examples
+        log.info("%s: resuming from its last checkpoint (step %d, epoch %d)", last_dir, step, epoch)
 
     train_model: nn.Module = model
     if info.distributed:
@@ -462,5 +496,35 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
         best_metric=best, best_step=best_step,
         best_checkpoint=best_dir if best_dir is not None else last_dir, last_checkpoint=last_dir,
         stopped_early=stopped, seconds=seconds,
-        examples_per_second=(examples - resumed_examples) / seconds if seconds > 0 else 0.0)
+        examples_per_second=(examples - resumed_examples) / seconds if seconds > 0 else 0.0,
+        resumed_from=resumed_from, restart_reason=restart_reason)
     return broadcast_object(result, info)
+
+
+def _why_not_resumable(last_dir: Path, cfg: TrainConfig, run_config: dict, data_key: list,
+                       info: DistInfo) -> Optional[str]:
+    """None when the checkpoint at ``last_dir`` continues this run; else the reason, naming keys."""
+    try:
+        stored = json.loads((last_dir / "config.json").read_text(encoding="utf-8"))
+        state = load_training_state(last_dir)
+    except Exception as e:  # a damaged checkpoint: torch and json raise several types
+        return f"the last checkpoint is unreadable ({type(e).__name__}: {e})"
+    now = {"train": cfg.model_dump(mode="json"), "run": json.loads(json.dumps(run_config, default=str))}
+    changed = [f"train.{k}" for k in sorted(set(now["train"]) | set(stored.get("train", {})))
+               if k not in RUN_LENGTH_FIELDS and now["train"].get(k) != stored.get("train", {}).get(k)]
+    changed += _changed_keys(stored.get("run", {}), now["run"], "run")
+    if changed:
+        return f"the configuration changed since the last checkpoint ({', '.join(changed[:6])}" + \
+            (", ..." if len(changed) > 6 else "") + ")"
+    if state.get("world_size") != info.world_size:
+        return f"it was written by {state.get('world_size')} processes, this run has {info.world_size}"
+    if state.get("data_key") != data_key:
+        return "the training data changed since the last checkpoint (number of examples or sampler)"
+    return None
+
+
+def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}")]
+    return [] if old == new else [prefix]
