@@ -17,7 +17,8 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    keys = {k.split("_", 1)[1] for r in history for k in r if k.startswith(("train_", "val_"))}
+    keys = {k.split("_", 1)[1] for r in history for k, v in r.items()
+            if k.startswith(("train_", "val_")) and v}  # a term that is 0 throughout (no BCE) gets no panel
     terms = sorted(keys, key=lambda t: (t != "loss", t))
     if not terms:
         raise ValueError("history has no train_* or val_* values to plot")
