@@ -59,7 +59,10 @@ def test_dman_experiment_end_to_end_on_toy_data(rng, tmp_path, caplog):
     # trained rows record their history (one record per epoch) and how the checkpoint was chosen
     cell = result.cells[("DMAN", 0)]
     assert len(cell.history) == 3 and "val_loss" in cell.history[-1] and "train_loss" in cell.history[-1]
-    assert cell.selection == {"metric": None, "kept": "last epoch", "last_epoch": 3.0}
+    assert cell.selection["metric"] == "val_loss" and cell.selection["last_epoch"] == 3.0
+    best = min(cell.history, key=lambda r: r["val_loss"])["epoch"]
+    assert cell.selection["best_epoch"] == best  # the kept checkpoint is the best on validation
+    assert result.cells[("DCCA", 0)].selection["metric"] == "val_loss"
     assert result.cells[("CCA", 0)].history == [] and cell.diagnostics["embedding_variance"] > 0
     # a rerun (e.g. after a kill) keeps every finished (row, seed) cell instead of training it again
     caplog.clear()

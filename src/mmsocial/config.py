@@ -96,6 +96,21 @@ class SyntheticSpec(StrictModel):
     seed: int = 0
 
 
+class HealthSettings(StrictModel):
+    """Thresholds of the training-health flags the experiment runner sets on every (row, seed) cell
+    (``mmsocial.eval.health``). They do not change what a cell computes (not fingerprinted)."""
+
+    collapse_variance: float = Field(1e-4, ge=0, description="collapsed below this relative variance of the "
+                                     "test embeddings (mean per-dimension variance / mean squared value)")
+    min_positive_rate: float = Field(0.0, ge=0, le=1, description="collapsed when the classifier's share of "
+                                     "positive test predictions is <= this (0: predicts no positive)")
+    stuck_fraction: float = Field(0.01, ge=0, le=1, description="stuck when the training loss fell less than "
+                                  "this share of its first-epoch value")
+    overfit_margin: float = Field(0.10, ge=0, description="overfit when the last validation loss exceeds its "
+                                  "best by more than this share of the best")
+    plots: bool = Field(True, description="write curves.png (train/validation curves) in each cell folder")
+
+
 class ExperimentConfig(StrictModel):
     """Settings every system's experiment shares; each system's ``Config`` subclasses this, pins
     ``system`` to its name, validates ``rows``/``tables`` against its own and adds typed settings."""
@@ -110,6 +125,7 @@ class ExperimentConfig(StrictModel):
     tables: list[str] = Field(default_factory=list, description="paper tables to fill; empty = every table")
     device: str = "cpu"
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is)")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="training-health flag thresholds")
 
 
 def _format_errors(source: str, err: ValidationError, prefix: str = "",

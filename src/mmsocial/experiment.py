@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from mmsocial import systems
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
+from mmsocial.eval.health import SIGNS, check_health
 from mmsocial.eval.table import ResultTable, ResultTables
 from mmsocial.io import check_writable_folder, write_text
 from mmsocial.systems import Cell
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ExperimentResult", "run_experiment", "load_experiment_config", "load_corpus", "cell_dir"]
 
 # Settings that do not change what a cell computes (left out of the cells' fingerprint).
-_NOT_FINGERPRINTED = {"seeds", "rows", "name", "workdir", "threads"}
+_NOT_FINGERPRINTED = {"seeds", "rows", "name", "workdir", "threads", "health"}
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ExperimentResult:
 
     ``tables``: table name -> ResultTable (mean ± std over seeds). ``cells``: (row, seed) -> Cell.
     ``timings``: one record per cell (row, seed, seconds, kept = reused from an earlier run).
+    ``health``: (row, seed) -> ``eval.health.Health`` (best/last epochs, flags, curves.png);
+    ``flags``: (row, seed) -> {flag: reason} for the flagged cells only.
     """
 
     system: str
@@ -57,6 +60,11 @@ class ExperimentResult:
     timings: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     workdir: Optional[Path] = None
+    health: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    @property
+    def flags(self) -> dict[tuple[str, int], dict[str, str]]:
+        return {key: dict(h.flags) for key, h in self.health.items() if h.flags}
 
     def to_markdown(self) -> str:
         return "\n\n".join(t.to_markdown() for t in self.tables.values())
@@ -74,6 +82,7 @@ class ExperimentResult:
         cells = [{"row": r, "seed": s, **c.to_dict()} for (r, s), c in self.cells.items()]
         _write_text(directory / "cells.json", json.dumps(cells, indent=1))
         _write_text(directory / "timings.json", json.dumps(self.timings, indent=1))
+        _write_text(directory / "health.json", json.dumps([h.to_dict() for h in self.health.values()], indent=1))
         _write_text(directory / "config.yaml", yaml.safe_dump(
             {**self.config, "system": self.system}, sort_keys=False))
         _write_text(directory / "tables.json", json.dumps(list(self.tables)))
@@ -93,7 +102,14 @@ class ExperimentResult:
                 cells[(d["row"], int(d["seed"]))] = Cell.from_dict(d)
         timings = json.loads((directory / "timings.json").read_text()) if (directory / "timings.json").is_file() else []
         config = yaml.safe_load((directory / "config.yaml").read_text()) if (directory / "config.yaml").is_file() else {}
-        return cls(str(config.get("system", "")), tables, cells, timings, config, directory)
+        health = {}
+        if (directory / "health.json").is_file():
+            from mmsocial.eval.health import Health
+
+            for d in json.loads((directory / "health.json").read_text()):
+                h = Health.from_dict(d)
+                health[(h.row, h.seed)] = h
+        return cls(str(config.get("system", "")), tables, cells, timings, config, directory, health)
 
     def compare(self, other: "ExperimentResult") -> ResultTables:
         """Per table, row and metric: this result's mean minus ``other``'s (rows and metrics both hold).
@@ -177,6 +193,50 @@ def _fingerprint(cfg: ExperimentConfig, data: Any) -> str:
     return hashlib.sha256(json.dumps([settings, data.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
 
 
+# ---------------------------------------------------------------------------- selection and health notes
+def selection_note(cells: Mapping[tuple[str, int], Cell]) -> Optional[str]:
+    """One line: how every trained row's kept checkpoint was chosen, and its best/last epochs per seed."""
+    rules: dict[str, list[str]] = {}
+    for (row, seed), cell in sorted(cells.items(), key=lambda kv: (kv[0][1])):
+        sel = cell.selection
+        if not sel:
+            continue
+        if sel.get("metric"):
+            rule = (f"the epoch with the {'lowest' if sel.get('mode', 'min') == 'min' else 'highest'} "
+                    f"validation `{sel['metric']}`")
+        else:
+            rule = "the last epoch (no validation selection)"
+        epochs = f"{_epoch(sel.get('best_epoch') if sel.get('metric') else sel.get('last_epoch'))}/" \
+                 f"{_epoch(sel.get('last_epoch'))}"
+        rules.setdefault(rule, []).append(f"{row} s{seed} {epochs}")
+    if not rules:
+        return None
+    parts = []
+    for rule, where in rules.items():
+        rows = sorted({w.split(" s")[0] for w in where})
+        parts.append(f"{rule} for {', '.join(rows)} (kept/last epoch: {'; '.join(where)})")
+    return ("Model selection: every trained row keeps " + "; ".join(parts)
+            + ". The test split is never used for it; closed-form rows have no epochs.")
+
+
+def _epoch(x: Any) -> str:
+    return "-" if x is None else f"{float(x):g}"
+
+
+def annotate_tables(result: ExperimentResult) -> None:
+    """Print the selection rule under each table and mark every flagged cell's row with a footnote."""
+    note = selection_note(result.cells)
+    for name, table in result.tables.items():
+        table.notes = [note] if note else []
+        table.marks, table.footnotes = {}, []
+        for (row, seed), health in result.health.items():
+            cell = result.cells.get((row, seed))
+            if row not in table.rows and (cell is None or cell.metrics):
+                continue  # a row this table does not hold (a cell with no metrics at all is listed everywhere)
+            for flag, reason in health.flags.items():
+                table.mark(row, SIGNS[flag], f"{flag}: {row} seed {seed}: {reason}")
+
+
 # ---------------------------------------------------------------------------- the runner
 def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
                    overrides: Mapping[str, Any] | Sequence[str] | None = None, progress: bool = True,
@@ -217,19 +277,26 @@ def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
         if isinstance(done, dict) and done.get("fingerprint") == fingerprint and "cell" in done:
             cell, how = Cell.from_dict(done["cell"]), "kept from an earlier run"
         else:
-            cell, how = system.run_cell(row, seed, data, cfg, where), "computed"
+            try:
+                cell, how = system.run_cell(row, seed, data, cfg, where), "computed"
+            except FloatingPointError as e:  # the trainer met a NaN/Inf: the cell is kept, flagged non-finite
+                log.error("%s seed %d: %s", row, seed, e)
+                cell, how = Cell({}, diagnostics={"non_finite": 1.0}), "stopped on a non-finite value"
             where.mkdir(parents=True, exist_ok=True)
             _write_text(kept, json.dumps({"fingerprint": fingerprint, "row": row, "seed": seed,
                                           "cell": cell.to_dict()}))
         for name, values in cell.metrics.items():
             if name in tables and values:
                 tables[name].add(row, values, seed)
+        health = check_health(row, seed, cell, cfg.health, where)
+        result.health[(row, seed)] = health
         seconds = time.perf_counter() - t0
         result.cells[(row, seed)] = cell
         result.timings.append({"row": row, "seed": seed, "seconds": round(seconds, 1), "kept": how != "computed"})
         log.info("  %s seed %d: %.0f s (%s)", row, seed, seconds, how)
         bar.update()
     bar.close()
+    annotate_tables(result)
     result.save(workdir)
     for table in tables.values():
         log.info("%s\n", table.to_markdown())

@@ -15,7 +15,9 @@ class ResultTable:
     """Rows x metrics with one value per (row, metric, seed).
 
     ``percent``: print values x 100 with a % sign (the papers' layout); stored values stay raw.
-    Cells never filled print as "-" (like the paper's tables).
+    Cells never filled print as "-" (like the paper's tables). ``mark(row, sign, note)`` puts a
+    footnote sign after a row's name and lists the note under the table (e.g. a training-health
+    flag); ``notes`` are lines printed under the table (e.g. the model-selection rule).
     """
 
     def __init__(self, title: str, metrics: Sequence[str], percent: bool = True, digits: int = 2,
@@ -25,6 +27,18 @@ class ResultTable:
         self.title, self.metrics = title, list(metrics)
         self.percent, self.digits, self.row_header = percent, digits, row_header
         self.rows: dict[str, dict[str, dict[int, float]]] = {}  # row -> metric -> seed -> value
+        self.marks: dict[str, list[str]] = {}  # row -> footnote signs
+        self.footnotes: list[str] = []  # "sign note" lines, in the order they were added
+        self.notes: list[str] = []
+
+    def mark(self, row: str, sign: str, note: str) -> None:
+        """Footnote ``sign`` after ``row``'s name, and ``sign note`` listed under the table."""
+        signs = self.marks.setdefault(row, [])
+        if sign not in signs:
+            signs.append(sign)
+        line = f"{sign} {note}"
+        if line not in self.footnotes:
+            self.footnotes.append(line)
 
     def add(self, row: str, values: Mapping[str, float], seed: int = 0) -> None:
         """Record the metrics of one run; unknown metric names are an error (typo guard)."""
@@ -66,7 +80,11 @@ class ResultTable:
         lines = [head, "", "| " + " | ".join([self.row_header, *self.metrics]) + " |",
                  "|" + "---|" * (len(self.metrics) + 1)]
         for row in self.rows:
-            lines.append("| " + " | ".join([row, *(self.cell(row, m) for m in self.metrics)]) + " |")
+            name = row + "".join(self.marks.get(row, []))
+            lines.append("| " + " | ".join([name, *(self.cell(row, m) for m in self.metrics)]) + " |")
+        under = [*self.notes, *self.footnotes]
+        if under:
+            lines += ["", *(f"{line}  " for line in under)]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -80,6 +98,7 @@ class ResultTable:
     def to_dict(self) -> dict:
         return {"title": self.title, "metrics": self.metrics, "percent": self.percent, "digits": self.digits,
                 "row_header": self.row_header, "records": self.to_records(),
+                "marks": self.marks, "footnotes": self.footnotes, "notes": self.notes,
                 "summary": {r: {m: {"mean": self.mean(r, m), "std": self.std(r, m)} for m in self.metrics}
                             for r in self.rows}}
 
@@ -88,6 +107,8 @@ class ResultTable:
         t = cls(d["title"], d["metrics"], d.get("percent", True), d.get("digits", 2), d.get("row_header", "Model"))
         for rec in d["records"]:
             t.add(rec["row"], {rec["metric"]: rec["value"]}, rec["seed"])
+        t.marks = {r: list(v) for r, v in d.get("marks", {}).items()}
+        t.footnotes, t.notes = list(d.get("footnotes", [])), list(d.get("notes", []))
         return t
 
     def save(self, path: str | Path) -> Path:

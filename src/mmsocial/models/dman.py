@@ -6,6 +6,7 @@ is run once and cached: the model takes region grids R (B, D, M) as input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,6 +36,8 @@ class DMANConfig:
     lam: float = 10.0  # λ, Eq. 11
     beta: float = 1.0  # β, Eq. 12
     bce_word_mean: bool = False  # True: average Eq. 11 over the L words instead of summing (docs)
+    input_norm: bool = True  # standardise each region channel with the training split's mean/std (docs)
+    init: str = "keras"  # Glorot-uniform weights, zero biases: Keras' defaults, the paper's framework (docs)
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = True
@@ -44,6 +47,8 @@ class DMANConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown DMAN variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.init not in ("torch", "keras"):
+            raise ValueError(f"unknown DMAN init {self.init!r}; choose 'torch' or 'keras'")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {SIMILARITIES}")
         for name in ("num_words", "num_regions", "region_dim", "k_negatives", "batch_size", "epochs"):
@@ -111,17 +116,19 @@ class DMAN(nn.Module):
             if i < len(dims) - 2:
                 layers += [nn.ReLU(), nn.Dropout(cfg.dropout)]
         self.lfc = nn.Sequential(*layers)  # Eq. 9
+        _add_region_scale(self, cfg)
+        _initialise(self, cfg.init)
 
     def forward(self, regions: Tensor) -> Tensor:
         _check_regions(regions, self.cfg)
-        u, _ = self.attention(regions)
+        u, _ = self.attention(_scaled(self, regions))
         return torch.sigmoid(self.lfc(u).squeeze(-1))  # (B, L)
 
     @torch.no_grad()
     def attention_maps(self, regions: Tensor) -> Tensor:
         """A (B, L, D): the attention of every vocabulary word over the regions."""
         _check_regions(regions, self.cfg)
-        return self.attention(regions)[1]
+        return self.attention(_scaled(self, regions))[1]
 
     def query(self, tags: Tensor) -> Tensor:
         """Tag-space query: Y lives in the tag space (Eq. 9-11), so a tag vector is its own query."""
@@ -142,10 +149,12 @@ class DMANFC(nn.Module):
         self.cfg = cfg
         self.fc = mlp((cfg.region_dim, *cfg.fc_dims, cfg.num_words), dropout=cfg.dropout,
                       last_activation=nn.Sigmoid())
+        _add_region_scale(self, cfg)
+        _initialise(self, cfg.init)
 
     def forward(self, regions: Tensor) -> Tensor:
         _check_regions(regions, self.cfg)
-        return self.fc(regions.mean(1))
+        return self.fc(_scaled(self, regions).mean(1))
 
     def query(self, tags: Tensor) -> Tensor:
         if not self.cfg.uses_text:
@@ -182,6 +191,41 @@ class DMANLoss(nn.Module):
         if cfg.bce_word_mean:
             bce = bce / cfg.num_words
         return {"loss": hinge + cfg.beta * bce, "hinge": hinge.detach(), "bce": bce.detach()}
+
+
+def set_region_scale(model: nn.Module, mean: Tensor, std: Tensor) -> None:
+    """Store the training split's per-channel region mean/std (M,) that ``input_norm`` standardises with."""
+    m = model.cfg.region_dim
+    mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    if mean.shape != (m,) or std.shape != (m,):
+        raise ValueError(f"region mean/std must both be ({m},), got {tuple(mean.shape)} and {tuple(std.shape)}")
+    model.region_mean.copy_(mean)
+    model.region_std.copy_(std.clamp_min(1e-6))
+
+
+def _initialise(model: nn.Module, init: str) -> None:
+    """``torch``: PyTorch's defaults (left as built). ``keras``: Keras' Dense defaults, the framework of
+    the paper (§4.1): Glorot-uniform weights, zero biases; an LFC slot is initialised like a Dense layer."""
+    if init != "keras":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, LocallyConnected):
+            bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _add_region_scale(model: nn.Module, cfg: DMANConfig) -> None:
+    model.register_buffer("region_mean", torch.zeros(cfg.region_dim))
+    model.register_buffer("region_std", torch.ones(cfg.region_dim))
+
+
+def _scaled(model: nn.Module, regions: Tensor) -> Tensor:
+    return (regions - model.region_mean) / model.region_std if model.cfg.input_norm else regions
 
 
 def _check_regions(regions: Tensor, cfg: DMANConfig) -> None:

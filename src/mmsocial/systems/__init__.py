@@ -48,10 +48,19 @@ What the runner (``mmsocial.experiment``) gives a system and expects of it:
         # ``data.fingerprint()``. ``Cell.metrics[table]`` fills ``new_tables(...)[table]``.
     ExperimentResult: .system, .tables (name -> ResultTable), .cells ((row, seed) -> Cell),
         .timings (list of {row, seed, seconds, kept}), .config (dict), .workdir,
+        .health ((row, seed) -> eval.health.Health), .flags ((row, seed) -> {flag: reason}),
         .to_markdown() / str(), .save(dir), ExperimentResult.load(dir), .compare(other) -> ResultTables
     load_corpus(cfg) -> Corpus      # cfg.corpus, or the synthetic corpus cfg.synthetic describes
         # (built only into an absent or empty folder); a system's ``train`` uses it too
     config.partial_model(Model, name)  # typed "overrides of Model" section, e.g. DMAN's ``train:``
+
+Model selection and health: a trained row keeps the epoch with the best value of the validation
+metric its system's config names (``selection``; never the test split) and reports it in
+``Cell.selection``; the runner prints the rule under each table, checks every cell
+(``eval.health``: collapsed / stuck / overfit / non-finite, thresholds in ``cfg.health``), writes
+``curves.png`` and ``health.json`` in the cell folder and marks flagged rows with a footnote sign.
+A system helps it by filling ``Cell.history`` (``epoch``, ``train_loss``, ``val_loss``, ...) and
+``Cell.diagnostics`` (``embedding_variance``, ``embedding_relative_variance``, ``positive_rate``).
 
 Empty ``rows``/``tables`` mean every row/table (a Config may also default them to all, as DMAN's
 does). ``demo`` is usually ``run_experiment({...a dict...}, progress=False)``. The CLI runs

@@ -61,6 +61,8 @@ class ModelSettings(StrictModel):
     lam: Optional[float] = None
     beta: Optional[float] = None
     bce_word_mean: Optional[bool] = None
+    input_norm: Optional[bool] = None
+    init: Optional[Literal["torch", "keras"]] = None
     lr: Optional[float] = Field(None, gt=0)
     momentum: Optional[float] = Field(None, ge=0, lt=1)
     nesterov: Optional[bool] = None
@@ -116,8 +118,11 @@ class Config(ExperimentConfig):
     train: TrainOverrides = Field(default_factory=TrainOverrides, description="TrainConfig overrides; "
                                   "optimiser, lr, momentum, batch size and epochs default to the DMAN config")
     selection: Optional[Literal["val_loss", "val_hinge", "val_bce"]] = Field(
-        None, description="validation metric (minimised) whose best epoch is kept; None keeps the last "
-        "epoch. Sets train.early_stopping (patience = every epoch) unless that is given")
+        "val_loss", description="model selection, one rule for every trained row: the epoch with the lowest "
+        "value of this validation metric is kept (val_loss: the row's own training loss on the validation "
+        "posts; DCCA always uses its val_loss, minus the validation canonical correlation); the test split "
+        "is never used. None keeps the last epoch. Sets train.early_stopping (patience = every epoch, so "
+        "the whole schedule runs and the curves show it) unless that is given")
     baseline_embedding: Literal["image", "both"] = Field(
         "image", description="Table 2 post embedding of CCA/KCCA/DCCA: the image view's projection "
         "(like DMAN, whose Y = f_w(V) sees the image only) or both projected views concatenated")
@@ -207,6 +212,19 @@ class DMANData:
         if len(idx) == 0:
             return np.zeros((0, self.regions.shape[2]), dtype=np.float32)
         return np.concatenate([self.region_block(idx[a:a + chunk]).mean(1) for a in range(0, len(idx), chunk)])
+
+    def region_channel_stats(self, idx: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and (unbiased) std of each region channel over the posts ``idx``, read chunk by chunk."""
+        channels = self.regions.shape[2]
+        total, squares, n = np.zeros(channels), np.zeros(channels), 0
+        for a in range(0, len(idx), chunk):
+            block = self.region_block(idx[a:a + chunk]).reshape(-1, channels).astype(np.float64)
+            total += block.sum(0)
+            squares += (block * block).sum(0)
+            n += len(block)
+        mean = total / max(n, 1)
+        var = (squares - n * mean * mean) / max(n - 1, 1)
+        return mean.astype(np.float32), np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
 
     def pooled_split(self, split: str) -> np.ndarray:
         """``pooled`` of one split, computed once."""
@@ -364,6 +382,9 @@ def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: 
     torch.manual_seed(seed)
     model = dman(cfg.preset, variant=variant, **{**cfg.model.overrides(), **from_data})
     tcfg = train_config(cfg, mcfg, seed)
+    if mcfg.input_norm:  # per-channel standardisation with training statistics (docs/dman.md, deviation 12)
+        from mmsocial.models.dman import set_region_scale
+        set_region_scale(model, *data.region_channel_stats(data.idx("train")))
     graph = link_graph(data, "train", cfg.max_links, seed)
 
     def sampler_factory(epoch, rank, world_size):
@@ -436,7 +457,8 @@ def new_tables(cfg: Config, data: DMANData) -> dict[str, ResultTable]:
     n_queries = len(_queries(data)[0])
     log.info("Table 3 queries: %d of %d labels found in the tag vocabulary", n_queries, len(data.label_vocabulary))
     make = {"table2": lambda: table2(f"Table 2: multi-label classification ({cfg.name})"),
-            "table3": lambda: table3(f"Table 3: tag-query image search ({cfg.name}, {n_queries} queries)")}
+            "table3": lambda: table3(f"Table 3: tag-query image search ({cfg.name}, {n_queries} queries: the labels "
+                                     f"whose word is a tag, of {len(data.label_vocabulary)} labels)")}
     return {name: make[name]() for name in TABLES if name in cfg.tables}
 
 
@@ -470,24 +492,38 @@ def run_cell(row: str, seed: int, data: DMANData, cfg: Config, workdir: Path) ->
     else:
         X = {s: data.pooled_split(s) for s in splits}
         T = {s: data.tags[i] for s, i in splits.items()}
-        model = _baseline(row, cfg, seed).fit(X["train"], T["train"])
+        model = _baseline(row, cfg, seed)
+        if row == "DCCA" and cfg.selection and len(X["val"]) > model.out_dim:
+            model.fit(X["train"], T["train"], X["val"], T["val"])
+            history = model.history_
+            selection = {"metric": "val_loss", "mode": "min", "best_epoch": float(model.best_epoch_),
+                         "last_epoch": float(len(history))}
+        else:
+            model.fit(X["train"], T["train"])
+            if row == "DCCA":
+                history = [{"epoch": float(e + 1), "train_loss": v} for e, v in enumerate(model.loss_history_)]
+                selection = {"metric": None, "kept": "last epoch", "last_epoch": float(len(history))}
         emb = {s: (model.transform(X[s], T[s]) if cfg.baseline_embedding == "both"
                    else model.transform_x(X[s])) if len(X[s]) else None for s in X}
         q_emb, img_test = model.transform_y(q_onehot) if queries else None, model.transform_x(X["test"])
     metrics: dict[str, dict[str, float]] = {}
     c = cfg.classifier
     lab = {s: data.labels[i] for s, i in splits.items()}
+    diagnostics: dict[str, float] = {}
     if "table2" in cfg.tables:
         has_val = len(splits["val"]) > 0
         metrics["table2"] = multilabel_classification(
             emb["train"], lab["train"], emb["test"], lab["test"],
             emb["val"] if has_val else None, lab["val"] if has_val else None, seed=seed,
             hidden=tuple(c.hidden), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
-            dropout=c.dropout)
+            dropout=c.dropout, diagnostics=diagnostics)
     if "table3" in cfg.tables and q_emb is not None and queries:
         metrics["table3"] = tag_query_search(q_emb, img_test, relevant)
     metrics = {t: {m: float(x) for m, x in v.items()} for t, v in metrics.items()}
-    diagnostics = {"embedding_variance": float(np.var(emb["test"], axis=0).mean())} if emb["test"] is not None else {}
+    if emb["test"] is not None:
+        e = np.asarray(emb["test"], dtype=np.float64)
+        diagnostics["embedding_variance"] = float(e.var(axis=0).mean())
+        diagnostics["embedding_relative_variance"] = float(e.var(axis=0).mean() / max((e ** 2).mean(), 1e-30))
     return Cell(metrics, history, selection, diagnostics)
 
 

@@ -40,17 +40,48 @@ def multilabel_scores(y_true, y_score, threshold: float = 0.5) -> dict[str, floa
 
 
 def multilabel_classification(train_emb, train_labels, test_emb, test_labels, val_emb=None, val_labels=None,
-                              threshold: float = 0.5, seed: int = 0, **classifier_kw) -> dict[str, float]:
-    """Protocol (a), §4.3: 3-FC classifier on frozen train embeddings, evaluated on test embeddings."""
+                              threshold: float = 0.5, seed: int = 0, diagnostics: dict | None = None,
+                              **classifier_kw) -> dict[str, float]:
+    """Protocol (a), §4.3: 3-FC classifier on frozen train embeddings, evaluated on test embeddings.
+
+    ``diagnostics``: a dict that gets ``positive_rate``, the share of (test post, label) scores above
+    ``threshold`` (0 = the classifier predicts no positive: a collapse the health check flags)."""
     predict = fit_fc_classifier(train_emb, train_labels, val_emb, val_labels, seed=seed, **classifier_kw)
     test_emb, test_labels = check_embeddings(test_emb, test_labels, "test")
-    return multilabel_scores(test_labels, predict(test_emb), threshold)
+    scores = predict(test_emb)
+    if diagnostics is not None:
+        diagnostics["positive_rate"] = float((np.asarray(scores) > threshold).mean())
+    return multilabel_scores(test_labels, scores, threshold)
+
+
+def singular(word: str) -> str:
+    """Simple English singular of a lower-case word: "birds" -> "bird", "flies" -> "fly",
+    "boxes" -> "box", "glasses" -> "glass"; words ending in "ss", "us", "is" stay as they are."""
+    if len(word) > 3 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
+    if len(word) > 2 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def label_word(label: str) -> str:
+    """A label's query word: its leaf name (after the last "/"), lower-cased and singular
+    (``animals/birds`` -> ``bird``, ``Food`` -> ``food``)."""
+    return singular(label.rsplit("/", 1)[-1].strip().lower())
 
 
 def label_queries(label_vocabulary: Sequence[str], tag_vocabulary: Sequence[str]) -> list[tuple[int, int]]:
-    """§4.4: one query per label word that appears in the tag vocabulary, as (label index, tag index)."""
-    tag_index = {t.lower(): i for i, t in enumerate(tag_vocabulary)}
-    return [(li, tag_index[lab.lower()]) for li, lab in enumerate(label_vocabulary) if lab.lower() in tag_index]
+    """§4.4: one query per label whose word appears in the tag vocabulary, as (label index, tag index).
+
+    A label's word is ``label_word`` (leaf name, lower-cased, singular); it matches a tag whose
+    lower-cased singular form is the same (the tag itself is the query's one-hot entry; when
+    several tags match, the most frequent one, i.e. the first in the vocabulary, is taken)."""
+    tag_index: dict[str, int] = {}
+    for i, t in enumerate(tag_vocabulary):
+        tag_index.setdefault(singular(t.strip().lower()), i)
+    return [(li, tag_index[label_word(lab)]) for li, lab in enumerate(label_vocabulary) if label_word(lab) in tag_index]
 
 
 def one_hot_queries(tag_indices: Sequence[int], num_tags: int) -> np.ndarray:

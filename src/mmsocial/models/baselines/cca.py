@@ -19,6 +19,8 @@ Euclidean distance.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.kernel_approximation import Nystroem, RBFSampler
@@ -197,8 +199,16 @@ class DCCA:
         self.reg, self.lr, self.weight_decay, self.epochs = reg, lr, weight_decay, epochs
         self.batch_size, self.random_state, self.device, self.progress = batch_size, random_state, device, progress
 
-    def fit(self, X, Y) -> "DCCA":
+    def fit(self, X, Y, X_val=None, Y_val=None) -> "DCCA":
+        """Train f and g on (X, Y). With a validation pair, the epoch with the lowest validation loss
+        (minus the total canonical correlation of f(X_val), g(Y_val)) is kept (``best_epoch_``);
+        ``history_`` holds one record per epoch (``epoch``, ``train_loss``, ``val_loss``)."""
         X, Y = _check_pair(X, Y)
+        has_val = X_val is not None and Y_val is not None
+        if has_val:
+            X_val, Y_val = _check_pair(X_val, Y_val)
+            if len(X_val) <= self.out_dim:
+                raise ValueError(f"DCCA validation needs more items ({len(X_val)}) than out_dim ({self.out_dim})")
         torch.manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
         self.scale_x_ = (X.mean(0), _safe_std(X))
@@ -213,8 +223,12 @@ class DCCA:
         if bs <= self.out_dim:
             raise ValueError(f"DCCA needs more training items ({len(X)}) than out_dim ({self.out_dim})")
         k = None if self.out_dim == self.n_components else self.n_components
-        self.loss_history_ = []
-        for _ in tqdm(range(self.epochs), desc="DCCA", disable=not self.progress):
+        self.loss_history_, self.history_, self.best_epoch_ = [], [], None
+        if has_val:
+            xv = torch.as_tensor((X_val - self.scale_x_[0]) / self.scale_x_[1], dtype=torch.float32, device=self.device)
+            yv = torch.as_tensor((Y_val - self.scale_y_[0]) / self.scale_y_[1], dtype=torch.float32, device=self.device)
+        best, best_state = math.inf, None
+        for epoch in tqdm(range(self.epochs), desc="DCCA", disable=not self.progress):
             order = rng.permutation(len(X))
             total, batches = 0.0, 0
             for start in range(0, len(X) - bs + 1, bs):
@@ -225,6 +239,18 @@ class DCCA:
                 opt.step()
                 total, batches = total + loss.item(), batches + 1
             self.loss_history_.append(total / batches)
+            record = {"epoch": float(epoch + 1), "train_loss": total / batches}
+            if has_val:
+                with torch.no_grad():
+                    record["val_loss"] = float(-cca_correlation(self.f_(xv), self.g_(yv), self.reg, k))
+                if math.isfinite(record["val_loss"]) and record["val_loss"] < best:
+                    best, self.best_epoch_ = record["val_loss"], epoch + 1
+                    best_state = ({n: t.clone() for n, t in self.f_.state_dict().items()},
+                                  {n: t.clone() for n, t in self.g_.state_dict().items()})
+            self.history_.append(record)
+        if best_state is not None:
+            self.f_.load_state_dict(best_state[0])
+            self.g_.load_state_dict(best_state[1])
         self.f_.eval(), self.g_.eval()
         self.cca_ = CCA(self.n_components, reg=self.reg).fit(self._fx(X), self._gy(Y))
         self.correlations_ = self.cca_.correlations_
