@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 __all__ = [
     "ConfigError", "StrictModel", "SyntheticSpec", "ExperimentConfig", "EarlyStoppingConfig", "TrainConfig",
@@ -125,6 +125,27 @@ class ExperimentConfig(StrictModel):
     tables: list[str] = Field(default_factory=list, description="paper tables to fill; empty = every table")
     device: str = "cpu"
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is)")
+
+    # Each system's Config names the rows and tables it knows; `rows` and `tables` are checked
+    # against them here (an empty `tables` means every table; an empty `rows` is left to the system).
+    ROWS: ClassVar[tuple[str, ...]] = ()
+    TABLES: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("rows")
+    @classmethod
+    def _known_rows(cls, rows: list[str]) -> list[str]:
+        bad = [r for r in rows if r not in cls.ROWS]
+        if cls.ROWS and bad:
+            raise ValueError(f"unknown row(s) {bad}; choose from {list(cls.ROWS)}")
+        return rows
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, tables: list[str]) -> list[str]:
+        bad = [t for t in tables if t not in cls.TABLES]
+        if cls.TABLES and bad:
+            raise ValueError(f"unknown table(s) {bad}; choose from {list(cls.TABLES)}")
+        return tables or list(cls.TABLES)
     health: HealthSettings = Field(default_factory=HealthSettings, description="training-health flag thresholds")
 
 

@@ -20,11 +20,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, TrainConfig, load_config, partial_model
 from mmsocial.data.corpus import Corpus, CorpusError
@@ -99,6 +99,9 @@ class ClassifierSettings(StrictModel):
 class Config(ExperimentConfig):
     """Everything one DMAN experiment or training run needs; see configs/dman/*.yaml."""
 
+    ROWS: ClassVar[tuple[str, ...]] = ROWS
+    TABLES: ClassVar[tuple[str, ...]] = TABLES
+
     system: Literal["dman"] = "dman"
     name: str = "dman"
     workdir: str = "runs/dman"
@@ -128,19 +131,6 @@ class Config(ExperimentConfig):
         "(like DMAN, whose Y = f_w(V) sees the image only) or both projected views concatenated")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is); 1 is "
                                    "much faster than oversubscribed threads on a busy machine")
-
-    @field_validator("rows")
-    @classmethod
-    def _known_rows(cls, rows):
-        bad = [r for r in rows if r not in ROWS]
-        if bad:
-            raise ValueError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
-        return rows or list(ROWS)
-
-    @field_validator("tables")
-    @classmethod
-    def _all_tables(cls, tables):
-        return tables or list(TABLES)
 
     @model_validator(mode="after")
     def _check_model_and_train(self) -> "Config":

@@ -19,11 +19,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, TrainConfig, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
@@ -102,6 +102,9 @@ class BaselineSettings(StrictModel):
 class Config(ExperimentConfig):
     """One EISR experiment; see configs/eisr/*.yaml."""
 
+    ROWS: ClassVar[tuple[str, ...]] = ROWS
+    TABLES: ClassVar[tuple[str, ...]] = TABLES
+
     system: Literal["eisr"] = "eisr"
     name: str = "eisr"
     workdir: str = "runs/eisr"
@@ -123,22 +126,6 @@ class Config(ExperimentConfig):
         "validation loss, or the last iteration (the paper's fixed schedule)")
     eval_every: int = Field(100, ge=1, description="iterations between validations")
     progress: bool = False
-
-    @field_validator("rows")
-    @classmethod
-    def _known_rows(cls, rows):
-        bad = [r for r in rows if r not in ROWS]
-        if bad:
-            raise ValueError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
-        return rows
-
-    @field_validator("tables")
-    @classmethod
-    def _known_tables(cls, tables):
-        bad = [t for t in tables if t not in TABLES]
-        if bad:
-            raise ValueError(f"unknown table(s) {bad}; choose from {list(TABLES)}")
-        return tables
 
 
 # ---------------------------------------------------------------------------- data
