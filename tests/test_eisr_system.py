@@ -109,4 +109,4 @@ def test_train_command_and_semantic_plot(tmp_path, tiny_data):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "f.png").stat().st_size > 1000
     r = CliRunner().invoke(app, ["viz", "eisr-semantic", str(tmp_path / "nothing")])
-    assert r.exit_code == 1 and "semantic_test.npz" in r.output
+    assert r.exit_code == 2 and "semantic_test.npz" in r.output

@@ -614,6 +614,6 @@ def add_commands(groups) -> None:
         from mmsocial.viz.clusters import user_clusters
 
         summary = user_clusters(run_dir, out, k=k, show=show, images=images, seed=seed)
-        typer.echo(json.dumps({kk: v for kk, v in summary.items() if kk != "clusters"}, indent=1))
+        log.info(json.dumps({kk: v for kk, v in summary.items() if kk != "clusters"}, indent=1))
 
 

@@ -479,8 +479,4 @@ def add_commands(groups) -> None:
                           pairs: int = typer.Option(4, help="test pairs to show"),
                           seed: int = typer.Option(0, help="which pairs (random with this seed)")):
         """EISR Fig. 3: semantic vectors of test image-text pairs (true classes in red)."""
-        try:
-            typer.echo(f"wrote {plot_semantic_vectors(run_dir, out, pairs, seed)}")
-        except FileNotFoundError as e:
-            typer.echo(str(e), err=True)
-            raise typer.Exit(1)
+        log.info("wrote %s", plot_semantic_vectors(run_dir, out, pairs, seed))

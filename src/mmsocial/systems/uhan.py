@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_config
+from mmsocial.config import ConfigError, ExperimentConfig, StrictModel
 from mmsocial.data.corpus import Corpus, CorpusError
 from mmsocial.eval.protocols.uhan import UHAN_TABLE_ROWS, evaluate_popularity, uhan_table
 from mmsocial.eval.table import ResultTable
@@ -623,26 +623,22 @@ def add_commands(groups) -> None:
                            views: Optional[float] = typer.Option(None, help="known view count, to print the error"),
                            days: Optional[float] = typer.Option(None, help="days since posting, with --views")):
         """Predict the popularity score log2(views/days + 1) of a new post with a trained UHAN run."""
-        try:
-            truth = None
-            if views is not None or days is not None:
-                if views is None or days is None or not np.isfinite(views) or not np.isfinite(days) \
-                        or views < 0 or days <= 0:
-                    raise ValueError(f"--views and --days must both be given, finite, views >= 0 and days > 0; "
-                                     f"got views={views}, days={days}")
-                truth = float(popularity_target(views, days))
-            res = load_predictor(run_dir).predict(text, user, image)
-        except (ValueError, FileNotFoundError, CorpusError, ConfigError) as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
-        typer.echo(f"predicted popularity: {res['popularity']:.3f}"
-                   + (f" (true {truth:.3f}, error {res['popularity'] - truth:+.3f})" if truth is not None else ""))
+        truth = None
+        if views is not None or days is not None:
+            if views is None or days is None or not np.isfinite(views) or not np.isfinite(days) \
+                    or views < 0 or days <= 0:
+                raise ValueError(f"--views and --days must both be given, finite, views >= 0 and days > 0; "
+                                 f"got views={views}, days={days}")
+            truth = float(popularity_target(views, days))
+        res = load_predictor(run_dir).predict(text, user, image)  # bad input: the CLI's one-line error, exit 2
+        log.info(f"predicted popularity: {res['popularity']:.3f}"
+                 + (f" (true {truth:.3f}, error {res['popularity'] - truth:+.3f})" if truth is not None else ""))
         if not res["known_user"]:
-            typer.echo(f"user {user!r} is not among the training users: predicted as the cold-start user")
+            log.info(f"user {user!r} is not among the training users: predicted as the cold-start user")
         if "word_weights" in res:
-            typer.echo("word weights: " + " ".join(f"{w}:{a:.2f}" for w, a in zip(res["tokens"], res["word_weights"])))
+            log.info("word weights: " + " ".join(f"{w}:{a:.2f}" for w, a in zip(res["tokens"], res["word_weights"])))
         if "modality_weights" in res:
-            typer.echo("modality weights: image {image:.2f}, text {text:.2f}".format(**res["modality_weights"]))
+            log.info("modality weights: image {image:.2f}, text {text:.2f}".format(**res["modality_weights"]))
 
     @groups["viz"].command("uhan-attention")
     def viz_attention(run_dir: Path = typer.Argument(..., help="folder written by `mmsocial train uhan`"),
@@ -663,7 +659,7 @@ def add_commands(groups) -> None:
             y = float(popularity_target(row["views"], row["days"]))
             items.append((c.open_image(pid), res, y))
         attention_grid(items, out)
-        typer.echo(f"wrote {out}")
+        log.info("wrote %s", out)
 
 
 DEMO_ROWS = ["HisAve", "DMF", "UHAN"]
