@@ -54,13 +54,14 @@ def find_data_dir(path: str | Path) -> Path:
 
 def read_dslabs_object(path: str | Path, name: str = OBJECT) -> pd.DataFrame:
     """One data set of the dslabs lazy-load database as a pandas DataFrame (OFFLINE.md recipe)."""
+    import warnings
+
+    data_dir = find_data_dir(path)  # a missing file is named before a missing package
     try:
         import rdata
     except ImportError:
-        raise ImportError("reading R data needs the package rdata: pip install rdata") from None
-    import warnings
-
-    data_dir = find_data_dir(path)
+        raise CorpusError("reading R data needs the package rdata: pip install 'mmsocial[tweets]' "
+                          "(or pip install rdata)") from None
     rdx = gzip.decompress((data_dir / "Rdata.rdx").read_bytes())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # rdata warns about R classes it maps to plain values
