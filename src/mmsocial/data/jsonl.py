@@ -60,42 +60,28 @@ def read_jsonl_corpus(file: str | Path, images_root: str | Path | None = None,
     records, links, users, extras = [], [], {}, {}
     interests: dict[str, tuple[str, str]] = {}  # user -> (interest, where it was given)
     line_of: dict[str, int] = {}
-    with open(file, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            where = f"{file} line {n}"
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{where}: not UTF-8 ({e})") from None
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: bad JSON ({e.msg}; column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            rec = _post(obj, where, images_root, check_images, allow_outside_root)
-            pid = rec["post_id"]
-            if pid in line_of:
-                raise CorpusError(f"{where}: duplicate post_id {pid!r} (first on line {line_of[pid]})")
-            line_of[pid] = n
-            if rec["user_id"] is not None:
-                name = _optional_str(obj.get("user_name"), where, "user_name")
-                if name is not None or rec["user_id"] not in users:
-                    users[rec["user_id"]] = name
-            interest = _optional_str(obj.get("user_interest"), where, "user_interest")
-            if interest is not None:
-                if rec["user_id"] is None:
-                    raise CorpusError(f"{where}: field 'user_interest' is given but the post has no user_id; "
-                                      f"an interest belongs to a user")
-                _set_interest(interests, rec["user_id"], interest.strip(), where)
-            for dst in _id_list(obj.get("links"), where, "links"):
-                links.append((pid, dst, n))
-            for k, v in obj.items():
-                if k not in KNOWN_KEYS:
-                    extras.setdefault(k, {})[pid] = v
-            records.append(rec)
+    for n, where, obj in _json_objects(file):
+        rec = _post(obj, where, images_root, check_images, allow_outside_root)
+        pid = rec["post_id"]
+        if pid in line_of:
+            raise CorpusError(f"{where}: duplicate post_id {pid!r} (first on line {line_of[pid]})")
+        line_of[pid] = n
+        if rec["user_id"] is not None:
+            name = _optional_str(obj.get("user_name"), where, "user_name")
+            if name is not None or rec["user_id"] not in users:
+                users[rec["user_id"]] = name
+        interest = _optional_str(obj.get("user_interest"), where, "user_interest")
+        if interest is not None:
+            if rec["user_id"] is None:
+                raise CorpusError(f"{where}: field 'user_interest' is given but the post has no user_id; "
+                                  f"an interest belongs to a user")
+            _set_interest(interests, rec["user_id"], interest.strip(), where)
+        for dst in _id_list(obj.get("links"), where, "links"):
+            links.append((pid, dst, n))
+        for k, v in obj.items():
+            if k not in KNOWN_KEYS:
+                extras.setdefault(k, {})[pid] = v
+        records.append(rec)
     if not records:
         raise CorpusError(f"{file}: no posts (the file is empty)")
 
@@ -146,40 +132,26 @@ def _read_users_file(path: Path, users: dict, interests: dict, post_counts: dict
         raise CorpusError(f"{path}: no such users file (JSONL, one user a line: user_id, name, interest)")
     seen: dict[str, int] = {}
     without_posts = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            where = f"{path} line {n}"
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{where}: not UTF-8 ({e})") from None
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: bad JSON ({e.msg}; column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            uid = _optional_id(obj.get("user_id"), where, "user_id")
-            if uid is None:
-                raise CorpusError(f"{where}: field 'user_id' is missing")
-            if uid in seen:
-                raise CorpusError(f"{where}: duplicate user_id {uid!r} (first on line {seen[uid]})")
-            seen[uid] = n
-            unknown = set(obj) - {"user_id", "name", "interest"}
-            if unknown:
-                raise CorpusError(f"{where}: unknown field(s) {sorted(unknown)}; a users line holds user_id, name "
-                                  f"and interest")
-            name = _optional_str(obj.get("name"), where, "name")
-            if uid not in users:
-                without_posts.append(uid)
-                users[uid] = name
-            elif name is not None:
-                users[uid] = name
-            interest = _optional_str(obj.get("interest"), where, "interest")
-            if interest is not None:
-                _set_interest(interests, uid, interest.strip(), where)
+    for n, where, obj in _json_objects(path):
+        uid = _optional_id(obj.get("user_id"), where, "user_id")
+        if uid is None:
+            raise CorpusError(f"{where}: field 'user_id' is missing")
+        if uid in seen:
+            raise CorpusError(f"{where}: duplicate user_id {uid!r} (first on line {seen[uid]})")
+        seen[uid] = n
+        unknown = set(obj) - {"user_id", "name", "interest"}
+        if unknown:
+            raise CorpusError(f"{where}: unknown field(s) {sorted(unknown)}; a users line holds user_id, name "
+                              f"and interest")
+        name = _optional_str(obj.get("name"), where, "name")
+        if uid not in users:
+            without_posts.append(uid)
+            users[uid] = name
+        elif name is not None:
+            users[uid] = name
+        interest = _optional_str(obj.get("interest"), where, "interest")
+        if interest is not None:
+            _set_interest(interests, uid, interest.strip(), where)
     if without_posts:
         log.warning("%s: %d user(s) have no post in the corpus (kept in users.parquet with posts = 0): %s",
                     path, len(without_posts), ", ".join(without_posts[:5]))
@@ -319,3 +291,23 @@ def _extra_column(values: list) -> list:
     if len(kinds) == 1 and kinds == {list} and all(isinstance(x, str) for v in values if v for x in v):
         return values
     return [None if v is None else json.dumps(v, sort_keys=True) for v in values]
+
+
+def _json_objects(path):
+    """(n, "<path> line <n>", object) for each non-empty line of a JSONL file; a bad line is an error naming it."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{where}: not UTF-8 ({e})") from None
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{where}: bad JSON ({e.msg}; column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield n, where, obj
