@@ -110,3 +110,28 @@ def test_train_command_and_semantic_plot(tmp_path, tiny_data):
     assert (tmp_path / "f.png").stat().st_size > 1000
     r = CliRunner().invoke(app, ["viz", "eisr-semantic", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "semantic_test.npz" in r.output
+
+
+def test_finetuning_trains_the_backbone_end_to_end_with_frozen_batch_norm(tiny_data):
+    from mmsocial.features.backbones import PooledEncoder
+
+    data, cfg, root = tiny_data
+    cfg = cfg.model_copy(update={"finetune": True, "weights": "random", "image_size": 32,
+                                 "model": cfg.model.model_copy(update={"iterations": 2, "batch_size": 8})})
+    torch.manual_seed(0)
+    before = S.finetuned_encoder(cfg, data)
+    model, result, kept = S.train_eisr(data, "O/LE/J", cfg, root / "finetune", seed=0)
+    enc = model.backbone
+    assert isinstance(enc, PooledEncoder) and model.cfg.image_dim == 1280
+    groups = model.param_groups()
+    assert [g["lr"] for g in groups] == [model.cfg.lr_new, model.cfg.lr_pretrained]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc.parameters()}
+    weights = [(n, p) for n, p in enc.named_parameters() if p.dim() == 4]
+    assert any(not torch.equal(p, dict(before.named_parameters())[n]) for n, p in weights), "backbone never moved"
+    bn = [(n, b) for n, b in enc.named_buffers() if n.endswith("running_mean")]
+    assert bn and all(torch.equal(b, dict(before.named_buffers())[n]) for n, b in bn), "BN statistics changed"
+    enc.train()
+    assert all(not m.training for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    te = data.idx("test")
+    sx, st = S.semantic_vectors(model, S.image_inputs(data, te, cfg), data.text[te])
+    assert sx.shape == (len(te), len(data.classes)) and np.allclose(sx.sum(1), 1)

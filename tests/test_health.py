@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from mmsocial.config import HealthSettings
-from mmsocial.eval.health import check_health, flag_reasons
+from mmsocial.eval.health import check_health, flag_reasons, selected_epochs
 from mmsocial.eval.protocols.dman import label_queries, label_word, singular
 from mmsocial.eval.table import ResultTable
-from mmsocial.experiment import ExperimentResult, run_experiment
+from mmsocial.experiment import ExperimentResult, run_experiment, selection_note
 from mmsocial.systems import Cell
 from mmsocial.systems import dman as dman_system
 
@@ -143,3 +143,16 @@ def test_label_words_match_tags_after_lower_casing_and_singularising():
     labels = ["animals", "animals/birds", "plants/trees", "signs_and_symbols/hazard"]
     tags = ["tree", "Bird", "animal", "trees"]
     assert label_queries(labels, tags) == [(0, 2), (1, 1), (2, 0)]
+
+
+def test_selection_counted_in_steps_is_reported_in_epochs():
+    history = [{"step": 100.0, "epoch": 0.5, "val_map": 0.4}, {"step": 200.0, "epoch": 1.0, "val_map": 0.6},
+               {"step": 300.0, "epoch": 1.5, "val_map": 0.5}]
+    cell = Cell({"t": {"m": 1.0}}, history, {"metric": "val_map", "mode": "max", "best_step": 200, "last_step": 300})
+    assert selected_epochs(cell) == (1.0, 1.5)
+    assert "O/LE/J s0 1/1.5" in selection_note({("O/LE/J", 0): cell})
+    last_only = Cell({"t": {"m": 1.0}}, history, {"metric": None, "best_step": 300, "last_step": 300})
+    assert selected_epochs(last_only) == (1.5, 1.5) and "the last epoch" in selection_note({("O", 1): last_only})
+    per_modality = Cell({"t": {"m": 1.0}}, [], {"metric": "val_loss", "best_epoch": {"image": 3, "text": 5},
+                                                "last_epoch": 20})
+    assert "DEEP-SM s0 (image 3, text 5)/20" in selection_note({("DEEP-SM", 0): per_modality})

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from mmsocial import systems
 from mmsocial.config import ConfigError, ExperimentConfig, StrictModel, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
-from mmsocial.eval.health import SIGNS, check_health
+from mmsocial.eval.health import SIGNS, check_health, selected_epochs
 from mmsocial.eval.table import ResultTable, ResultTables
 from mmsocial.io import check_writable_folder, write_text
 from mmsocial.systems import Cell
@@ -206,8 +206,8 @@ def selection_note(cells: Mapping[tuple[str, int], Cell]) -> Optional[str]:
                     f"validation `{sel['metric']}`")
         else:
             rule = "the last epoch (no validation selection)"
-        epochs = f"{_epoch(sel.get('best_epoch') if sel.get('metric') else sel.get('last_epoch'))}/" \
-                 f"{_epoch(sel.get('last_epoch'))}"
+        best, last = selected_epochs(cell)
+        epochs = f"{_epoch(best)}/{_epoch(last)}"
         rules.setdefault(rule, []).append(f"{row} s{seed} {epochs}")
     if not rules:
         return None
@@ -220,6 +220,8 @@ def selection_note(cells: Mapping[tuple[str, int], Cell]) -> Optional[str]:
 
 
 def _epoch(x: Any) -> str:
+    if isinstance(x, Mapping):  # chosen per modality
+        return "(" + ", ".join(f"{k} {_epoch(v)}" for k, v in x.items()) + ")"
     return "-" if x is None else f"{float(x):g}"
 
 

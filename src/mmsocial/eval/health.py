@@ -30,7 +30,7 @@ from typing import Any, Optional
 from mmsocial.config import HealthSettings
 from mmsocial.systems import Cell
 
-__all__ = ["FLAGS", "SIGNS", "Health", "check_health", "flag_reasons", "HealthSettings"]
+__all__ = ["FLAGS", "SIGNS", "Health", "check_health", "flag_reasons", "selected_epochs", "HealthSettings"]
 
 FLAGS = ("collapsed", "stuck", "overfit", "non-finite")
 SIGNS = {"collapsed": "†", "stuck": "‡", "overfit": "§", "non-finite": "¶"}
@@ -62,6 +62,26 @@ def _finite(x: Any) -> bool:
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:
     return [float(r[key]) for r in history if key in r and r[key] is not None and _finite(r[key])]
+
+
+def selected_epochs(cell: Cell) -> tuple[Any, Optional[float]]:
+    """(kept, last) epoch of a cell: the selection's ``best_epoch`` / ``last_epoch``, or its ``best_step`` /
+    ``last_step`` found in the history (systems that count iterations); kept = last when no validation
+    metric chose. A per-modality selection (``{"image": 3, "text": 5}``) is returned as it is."""
+    sel = cell.selection or {}
+    epoch_at = {float(r["step"]): float(r["epoch"]) for r in cell.history
+                if r.get("step") is not None and r.get("epoch") is not None}
+
+    def epoch_of(epoch_key: str, step_key: str) -> Any:
+        if sel.get(epoch_key) is not None:
+            return sel[epoch_key]
+        return None if sel.get(step_key) is None else epoch_at.get(float(sel[step_key]))
+
+    epochs = _series(cell.history, "epoch")
+    last = epoch_of("last_epoch", "last_step")
+    if last is None and epochs:
+        last = epochs[-1]
+    return (epoch_of("best_epoch", "best_step") if sel.get("metric") else last), last
 
 
 def flag_reasons(cell: Cell, settings: HealthSettings | None = None) -> dict[str, str]:
@@ -104,9 +124,7 @@ def check_health(row: str, seed: int, cell: Cell, settings: HealthSettings | Non
     and ``health.json`` are written there."""
     s = settings or HealthSettings()
     sel = cell.selection or {}
-    epochs = _series(cell.history, "epoch")
-    last = sel.get("last_epoch", epochs[-1] if epochs else None)
-    best = sel.get("best_epoch") if sel.get("metric") else last
+    best, last = selected_epochs(cell)
     health = Health(row, int(seed), flag_reasons(cell, s), best, last, sel.get("metric"))
     if where is not None:
         import json
@@ -118,6 +136,7 @@ def check_health(row: str, seed: int, cell: Cell, settings: HealthSettings | Non
 
             title = f"{row}, seed {seed}" + (f" [{', '.join(health.flags)}]" if health.flags else "")
             health.curves = str(plot_training_curves(cell.history, where / "curves.png", title=title,
-                                                     best_epoch=best if sel.get("metric") else None))
+                                                     best_epoch=best if sel.get("metric") and isinstance(best, (int, float))
+                                                     else None))
         (where / "health.json").write_text(json.dumps(health.to_dict(), indent=1))
     return health

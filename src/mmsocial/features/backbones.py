@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -221,6 +221,34 @@ class FeatureExtractor(nn.Module):
                 (grad,) = torch.autograd.grad(logits.gather(1, classes[:, k:k + 1]).sum(), f)
                 maps.append((grad.mean((2, 3), keepdim=True) * f).sum(1).detach())
         return torch.stack(maps, 1)
+
+
+class PooledEncoder(nn.Module):
+    """A backbone's trunk and pooling head as a trainable image encoder, for end-to-end fine-tuning:
+    (N, 3, H, W) in [0, 1] -> (N, C), standardised with per-channel ``mean`` / ``std`` (the statistics
+    of the cached pooled vectors the rest of the model was built for). Batch norms keep their running
+    statistics in training mode too (frozen BN, the usual choice when fine-tuning with small batches)."""
+
+    def __init__(self, extractor: FeatureExtractor, mean: Optional[torch.Tensor] = None,
+                 std: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.trunk, self.head = extractor.trunk, extractor.head
+        self.register_buffer("image_mean", extractor.mean.clone(), persistent=False)
+        self.register_buffer("image_std", extractor.std.clone(), persistent=False)
+        self.register_buffer("feature_mean", torch.zeros(()) if mean is None else torch.as_tensor(mean).float())
+        self.register_buffer("feature_std", torch.ones(()) if std is None else torch.as_tensor(std).float())
+
+    def train(self, mode: bool = True) -> "PooledEncoder":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images)
+        pooled = self.head(self.trunk((images - self.image_mean) / self.image_std))
+        return (pooled - self.feature_mean) / self.feature_std
 
 
 def load_backbone(name: "str | Backbone", weights: "str | os.PathLike" = "imagenet",

@@ -111,6 +111,9 @@ class Config(ExperimentConfig):
     backbone: str = "mobilenet_v2"
     image_size: int = Field(224, ge=32)
     weights: str = Field("imagenet", description="backbone weights: imagenet, random (tests), or a path")
+    finetune: bool = Field(False, description="train the backbone end to end with I_Net (the paper's AlexNet "
+                           "conv1-fc7 at lr_pretrained): images are decoded and run through the CNN at every "
+                           "step, so it is far slower than the cached features (the default)")
     classes: Literal["top", "labels"] = Field("top", description="top: the top-level part of 'top/sub' labels")
     standardize: bool = Field(True, description="z-score image and text features with the training pairs' "
                               "mean and std (docs/eisr.md: with raw LDA proportions T_Net does not train)")
@@ -140,6 +143,7 @@ class Data:
     labels: np.ndarray  # (N, c) float32 multi-hot
     classes: list[str]
     top_words: list[list[str]]
+    corpus: Optional[Corpus] = None  # the images themselves, read when the backbone is fine-tuned
 
     def idx(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -250,7 +254,7 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
         for a in (image, text):
             a -= a[tr].mean(0)
             a /= np.maximum(a[tr].std(0), 1e-6)
-    return Data(ids, split[idx], image, text, labels, classes, top_words)
+    return Data(ids, split[idx], image, text, labels, classes, top_words, corpus)
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
@@ -269,18 +273,67 @@ def _model_settings(row: str, cfg: Config, data: Data) -> tuple[str, dict[str, A
     return variant, ov
 
 
+class PairImages(torch.utils.data.Dataset):
+    """The decoded images of some pairs, for fine-tuning: ``images[a:b]`` is a (b - a, 3, S, S) tensor in
+    [0, 1] (sliced like the cached feature array it replaces); as a dataset, item i is a training example."""
+
+    def __init__(self, data: Data, rows: np.ndarray, size: int, targets: Optional[torch.Tensor] = None):
+        if data.corpus is None:
+            raise ValueError("fine-tuning reads the images: prepare() the data from a corpus")
+        self.data, self.rows, self.size, self.targets = data, np.asarray(rows), size, targets
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return torch.stack([self._image(r) for r in self.rows[i]]) if len(self.rows[i]) else \
+                torch.zeros(0, 3, self.size, self.size)
+        r = self.rows[i]
+        return {"x": self._image(r), "t": torch.from_numpy(self.data.text[r]), "y": self.targets[r]}
+
+    def _image(self, r: int) -> torch.Tensor:
+        from mmsocial.features.backbones import image_to_tensor
+
+        return image_to_tensor(self.data.corpus.open_image(self.data.post_ids[r]), self.size)
+
+
+def finetuned_encoder(cfg: Config, data: Data, stats_images: int = 256):
+    """The backbone (cfg.backbone / cfg.weights) as a trainable pooled encoder, its outputs standardised
+    with their mean and std over up to ``stats_images`` training images (as the cached vectors are)."""
+    from mmsocial.features.backbones import PooledEncoder, load_backbone
+
+    encoder = PooledEncoder(load_backbone(cfg.backbone, cfg.weights))
+    tr = data.idx("train")
+    sample = np.sort(np.random.default_rng(cfg.split_seed).choice(tr, min(stats_images, len(tr)), replace=False))
+    images = PairImages(data, sample, cfg.image_size)
+    with torch.no_grad():
+        encoder.eval()
+        out = torch.cat([encoder(images[a:a + 64]) for a in range(0, len(sample), 64)])
+    encoder.feature_mean, encoder.feature_std = out.mean(0), out.std(0).clamp_min(1e-6)
+    return encoder
+
+
 @torch.no_grad()
-def semantic_vectors(model, image: np.ndarray, text: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def semantic_vectors(model, image, text: np.ndarray, batch: int = 1024,
+                     image_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """f^(I), f^(T) of the given items in float64: the softmax is taken on float64 logits, because the
-    trained vectors saturate and their float32 softmax would tie (DESIGN.md, EISR)."""
+    trained vectors saturate and their float32 softmax would tie (DESIGN.md, EISR). image: cached
+    vectors, or a PairImages when the backbone is fine-tuned."""
     model.eval()
 
-    def run(fn, a):
-        outs = [torch.softmax(fn(torch.as_tensor(a[i:i + batch], dtype=torch.float32)).double(), -1)
-                for i in range(0, len(a), batch)]
+    def run(fn, a, step):
+        outs = [torch.softmax(fn(torch.as_tensor(a[i:i + step], dtype=torch.float32)).double(), -1)
+                for i in range(0, len(a), step)]
         return torch.cat(outs).numpy() if outs else np.zeros((0, model.cfg.num_classes))
 
-    return run(model.image_logits, image), run(model.text_logits, text)
+    images_step = image_batch if isinstance(image, PairImages) else batch
+    return run(model.image_logits, image, images_step), run(model.text_logits, text, batch)
+
+
+def image_inputs(data: Data, rows: np.ndarray, cfg: Config):
+    """What I_Net reads for these pairs: the cached vectors, or the images when fine-tuning."""
+    return PairImages(data, rows, cfg.image_size) if cfg.finetune else data.image[rows]
 
 
 def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
@@ -292,7 +345,11 @@ def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
 
     variant, ov = _model_settings(row, cfg, data)
     torch.manual_seed(seed)
-    model = eisr(cfg.preset, variant, **ov)
+    backbone = None
+    if cfg.finetune:
+        backbone = finetuned_encoder(cfg, data)
+        ov["image_dim"] = int(backbone.feature_mean.numel())
+    model = eisr(cfg.preset, variant, backbone=backbone, **ov)
     m = model.cfg
     tr, va = data.idx("train"), data.idx("val")
     steps_per_epoch = math.ceil(len(tr) / m.batch_size)
@@ -306,7 +363,8 @@ def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
                                            "mode": "min" if selection == "val_loss" else "max",
                                            "patience": 10 ** 6}}, TrainConfig)
     y = label_targets(torch.from_numpy(data.labels))
-    dataset = FeatureDataset({"x": data.image, "t": data.text, "y": y.numpy()}, rows=tr)
+    dataset = (PairImages(data, tr, cfg.image_size, y) if cfg.finetune else
+               FeatureDataset({"x": data.image, "t": data.text, "y": y.numpy()}, rows=tr))
 
     def loss_fn(net, batch):
         p_x, p_t = net(batch["x"], batch["t"])
@@ -315,11 +373,12 @@ def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
 
     evaluate = None
     if len(va):
-        xv, tv, yv = (torch.from_numpy(data.image[va]), torch.from_numpy(data.text[va]), y[va])
+        xv = image_inputs(data, va, cfg)
 
         def evaluate(net):
-            out = {"val_loss": float(semantic_loss(*net(xv, tv), yv, "mean"))}
-            sx, st = semantic_vectors(net, data.image[va], data.text[va])
+            sx, st = semantic_vectors(net, xv, data.text[va])
+            out = {"val_loss": float(semantic_loss(torch.from_numpy(sx), torch.from_numpy(st),
+                                                   y[va].double(), "mean"))}
             out.update({f"val_{k}": v for k, v in
                         zip(("map_image", "map_text", "map"), cross_media_map(sx, st, data.labels[va]).values())})
             return out
@@ -329,8 +388,9 @@ def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
     if selection != "last" and result.best_checkpoint is not None:
         from mmsocial.train.checkpoint import load_checkpoint
         load_checkpoint(result.best_checkpoint, model)
-    kept = {"metric": selection, "mode": tcfg.early_stopping.mode if selection != "last" else None,
-            "best_step": result.best_step if selection != "last" else result.steps, "last_step": result.steps,
+    chosen = selection != "last"
+    kept = {"metric": selection if chosen else None, "mode": tcfg.early_stopping.mode if chosen else None,
+            "best_step": result.best_step if chosen else result.steps, "last_step": result.steps,
             "best_value": result.best_metric}
     return model.to("cpu").eval(), result, kept
 
@@ -368,7 +428,7 @@ def _baseline(row: str, data: Data, cfg: Config, seed: int) -> tuple[np.ndarray,
             for hi, ht in zip(m.history_["image"], m.history_["text"])]
     best = {mod: max((h["epoch"] for h in m.history_[mod] if h.get("kept")), default=len(m.history_[mod]))
             for mod in ("image", "text")}
-    selection = {"metric": "val_loss" if len(va) else "last", "mode": "min", "best_epoch": best,
+    selection = {"metric": "val_loss" if len(va) else None, "mode": "min", "best_epoch": best,
                  "last_epoch": b.deep_sm_epochs, "per_modality": True}
     return m.transform("image", X[te]), m.transform("text", T[te]), hist, selection
 
@@ -389,7 +449,7 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
             sx, st, history, selection = _baseline(row, data, cfg, seed)
     else:
         model, result, selection = train_eisr(data, row, cfg, Path(workdir), seed)
-        sx, st = semantic_vectors(model, data.image[te], data.text[te])
+        sx, st = semantic_vectors(model, image_inputs(data, te, cfg), data.text[te])
         history = [{"epoch": float(h["epoch"]), "step": float(h["step"]),
                     **{k: float(v) for k, v in h.items() if k.startswith(("train_", "val_")) and v != ""}}
                    for h in result.history]
@@ -416,7 +476,7 @@ def train(cfg: Config) -> Path:
     model, result, kept = train_eisr(data, MAIN_ROW, cfg, out, cfg.seeds[0] if cfg.seeds else 0)
     torch.save(model.state_dict(), out / "eisr.pt")
     te = data.idx("test")
-    sx, st = semantic_vectors(model, data.image[te], data.text[te])
+    sx, st = semantic_vectors(model, image_inputs(data, te, cfg), data.text[te])
     np.savez_compressed(out / "semantic_test.npz", post_ids=np.array([data.post_ids[i] for i in te]),
                         image=sx, text=st, labels=data.labels[te], classes=np.array(data.classes))
     (out / "eisr.json").write_text(json.dumps({"config": model.cfg.to_dict(), "classes": data.classes,
