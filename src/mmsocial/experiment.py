@@ -222,7 +222,7 @@ def selection_note(cells: Mapping[tuple[str, int], Cell]) -> Optional[str]:
 def _epoch(x: Any) -> str:
     if isinstance(x, Mapping):  # chosen per modality
         return "(" + ", ".join(f"{k} {_epoch(v)}" for k, v in x.items()) + ")"
-    return "-" if x is None else f"{float(x):g}"
+    return "-" if x is None else f"{round(float(x), 2):g}"  # iteration-counted systems validate mid-epoch
 
 
 def annotate_tables(result: ExperimentResult) -> None:
