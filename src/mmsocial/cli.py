@@ -425,16 +425,17 @@ app.add_typer(index_app, name="index")
 
 @index_app.command("build")
 def index_build(run_dir: Path = typer.Argument(..., help="a run folder written by `mmsocial train`"),
-                kind: str = typer.Option("auto", help="auto (flat up to --exact-max vectors, hnsw above) | "
-                                         "flat | hnsw | ivfpq"),
-                exact_max: int = typer.Option(100_000, help="largest collection searched exactly by --kind auto")):
+                kind: str = typer.Option("auto", help="auto (flat up to --exact-max vectors, ivfflat above) | "
+                                         "flat | ivfflat | hnsw | ivfpq"),
+                exact_max: int = typer.Option(100_000, help="largest collection searched exactly by --kind auto"),
+                nprobe: Optional[int] = typer.Option(None, help="IVF lists a query scans (ivfflat: 8, ivfpq: 32)")):
     """Index every collection of a run (posts, texts, users) into RUN_DIR/index/; prints build time and
     recall@10 against exact search."""
     from mmsocial.data.corpus import CorpusError
     from mmsocial.index import VectorIndexError, build_run_indexes
 
     try:
-        reports = build_run_indexes(systems.load_run(run_dir), kind=kind, exact_max=exact_max)
+        reports = build_run_indexes(systems.load_run(run_dir), kind=kind, exact_max=exact_max, nprobe=nprobe)
     except (CorpusError, VectorIndexError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for r in reports:
