@@ -47,7 +47,7 @@ def _png(size=(40, 30), color=(200, 30, 30)) -> bytes:
 def test_run_folder_records_its_system_and_index_build_reports(built):
     run, output = built
     assert systems.run_system(run) == "dman"
-    assert "posts: flat (l2)" in output and "recall@10 vs exact 1.0000" in output and "built in" in output
+    assert "posts: flat (ip)" in output and "recall@10 vs exact 1.0000" in output and "built in" in output
     assert VectorIndex.load(run_index_dir(run, "posts")).mapped  # flat indexes load memory-mapped
 
 
@@ -58,7 +58,7 @@ def test_runs_lists_capabilities_and_memory_mapped_indexes(client):
     assert runs[0]["collections"]["posts"]["memory_mapped"] is True
 
 
-def test_text_query_ranks_by_euclidean_distance_to_the_tag_vector(client, served):
+def test_text_query_ranks_by_inner_product_with_the_tag_vector(client, served):
     words = client.get("/api/vocabulary").json()["words"]
     q = f"{words[0]} {words[3]} notaword"
     page = client.get("/api/search/images", params={"q": q, "k": 5}).json()
@@ -66,8 +66,8 @@ def test_text_query_ranks_by_euclidean_distance_to_the_tag_vector(client, served
     posts = served.collections["posts"]()
     query = np.zeros(len(words), np.float32)
     query[[0, 3]] = 1
-    dist = np.linalg.norm(posts.vectors - query, axis=1)
-    assert [r["score"] for r in page["results"]] == pytest.approx(np.sort(dist)[:5], abs=1e-4)
+    score = posts.vectors @ query  # Y_w0 + Y_w3
+    assert [r["score"] for r in page["results"]] == pytest.approx(np.sort(score)[::-1][:5], abs=1e-4)
     assert page["total"] == len(posts.ids) and page["next_offset"] == 5
 
 
@@ -188,7 +188,7 @@ def test_index_add_embeds_the_posts_the_index_lacks(built, tmp_path):
     vectors = np.stack([index.index.reconstruct(i) for i in range(keep)])
     from mmsocial.index import build_index
 
-    build_index(vectors, [str(i) for i in index.ids[:keep]], "l2").save(folder)
+    build_index(vectors, [str(i) for i in index.ids[:keep]], "ip").save(folder)
     result = CliRunner().invoke(cli, ["index", "add", str(run)])
     assert result.exit_code == 0, result.output
     after = VectorIndex.load(folder)
