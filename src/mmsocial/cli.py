@@ -460,19 +460,23 @@ def index_add(run_dir: Path = typer.Argument(..., help="a run folder with a buil
 @app.command("serve")
 def serve_cmd(run_dirs: list[Path] = typer.Argument(..., help="run folders written by `mmsocial train`"),
               host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-              max_upload_mb: float = typer.Option(5.0, help="largest accepted image upload")):
+              max_upload_mb: float = typer.Option(5.0, help="largest accepted image upload"),
+              search_threads: int = typer.Option(1, help="FAISS threads per search (one query per request: "
+                                                 "requests run side by side instead)")):
     """HTTP API + web page over trained runs: search, explanations, users, matching, popularity."""
     import uvicorn
 
     from mmsocial.data.corpus import CorpusError
+    from mmsocial.index import set_search_threads
     from mmsocial.serve import create_app
 
+    set_search_threads(search_threads)
     try:
         api = create_app(run_dirs, max_upload_bytes=int(max_upload_mb * 2**20))
     except (CorpusError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"serving {len(run_dirs)} run(s) on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)  # one worker, no access log
 
 
 # ---------------------------------------------------------------------------- demo

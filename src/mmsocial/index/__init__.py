@@ -46,6 +46,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["EXACT_MAX", "KINDS", "METRICS", "VectorIndexError", "VectorIndex", "build_index", "exact_search",
+           "set_search_threads",
            "recall_at_k", "tie_aware_recall", "probe_queries", "run_index_dir", "build_run_indexes", "add_new_posts"]
 
 EXACT_MAX = 100_000  # collections up to this size get exact search by default
@@ -53,6 +54,15 @@ KINDS = ("flat", "ivfflat", "hnsw", "ivfpq")
 MAPPED = {"flat": "IO_FLAG_MMAP_IFC", "hnsw": "IO_FLAG_MMAP_IFC", "ivfflat": "IO_FLAG_MMAP"}  # kind -> faiss flag
 METRICS = ("l2", "ip")
 INDEX_FILE, IDS_FILE, MANIFEST = "index.faiss", "ids.npy", "index.json"
+
+
+_SEARCH_THREADS: list[Optional[int]] = [None]
+
+
+def set_search_threads(n: Optional[int]) -> None:
+    """FAISS (OpenMP) threads per search, applied in whichever thread searches (OpenMP's setting is per
+    thread: one set in the main thread does not reach a server's worker threads). None: FAISS's default."""
+    _SEARCH_THREADS[0] = n
 
 
 class VectorIndexError(ValueError):
@@ -116,6 +126,8 @@ class VectorIndex:
         if k < 1:
             raise VectorIndexError(f"k must be >= 1, got {k}")
         q = _as_matrix(queries, "queries", self.dim)
+        if _SEARCH_THREADS[0] is not None:
+            _faiss().omp_set_num_threads(_SEARCH_THREADS[0])
         kk = min(int(k), len(self))
         if kk == 0:
             return np.full((len(q), k), np.nan, np.float32), np.full((len(q), k), "", dtype=object)
