@@ -79,6 +79,7 @@ def build(x: np.ndarray, queries: np.ndarray, nprobes: list[int], exact_max: int
         t = time.perf_counter()
         sweep[probe] = round(recall_of(approx.search(queries, 10)[1]), 4)
         per_query[probe] = round(1000 * (time.perf_counter() - t) / len(queries), 3)
+    approx.set_search_params(nprobe=nprobes[0])  # the build's setting again (printed below)
     for probe in nprobes:  # one served copy per nprobe (the stored vectors are copied too)
         import faiss
 
