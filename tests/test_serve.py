@@ -108,6 +108,17 @@ def test_explanation_is_an_attention_map_over_the_region_grid(client, served):
     assert top["word"] in served.info["vocabulary"]
 
 
+def test_uploaded_image_is_explained_like_a_post(client, served):
+    word = served.info["vocabulary"][4]
+    r = client.post("/api/images/explain", data={"q": word}, files={"file": ("red.png", _png(), "image/png")})
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    assert ex["word"] == word and ex["upload"] == "red.png" and ex["post_id"] is None and ex["grid"] == [2, 2]
+    assert np.sum(ex["weights"]) == pytest.approx(1.0, abs=1e-5)
+    bad = client.post("/api/images/explain", files={"file": ("a.txt", b"not an image", "text/plain")})
+    assert bad.status_code == 415 and "field 'file'" in bad.json()["detail"]
+
+
 def test_capabilities_without_a_run_answer_404_with_the_train_command(client, served):
     pid = served.collections["posts"]().ids[0]
     for r in (client.get(f"/api/posts/{pid}/users"), client.get("/api/search/users", params={"q": "dog"}),
@@ -172,7 +183,8 @@ def test_health_metrics_openapi_and_page(client):
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/search/images", "/api/posts/{post_id}/similar", "/api/posts/{post_id}/texts",
               "/api/images/similar", "/api/images/texts", "/api/posts/{post_id}/users", "/api/search/users",
-              "/api/match", "/api/popularity", "/api/posts/{post_id}/explain", "/health", "/metrics"):
+              "/api/match", "/api/popularity", "/api/posts/{post_id}/explain", "/api/images/explain",
+              "/api/images/users", "/health", "/metrics"):
         assert p in paths
     page = client.get("/")
     assert page.status_code == 200 and 'id="search-form"' in page.text

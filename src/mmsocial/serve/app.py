@@ -91,8 +91,9 @@ class UserPage(Page):
 
 class Explanation(BaseModel):
     system: str
-    post_id: str
-    image_url: Optional[str]
+    post_id: Optional[str] = Field(None, description="the explained post (None for an upload)")
+    upload: Optional[str] = Field(None, description="the uploaded file's name (None for a post)")
+    image_url: Optional[str] = None
     word: str
     words: list[str]
     grid: list[int]
@@ -454,6 +455,18 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
             raise HTTPException(422, f"post {post_id!r} has no image (field 'image')")
         out = call(run.served.explain, post_id, q)
         return Explanation(system=run.served.system, post_id=post_id, image_url=image_url(run, post_id, row), **out)
+
+    @app.post("/api/images/explain", tags=["explain"], response_model=Explanation)
+    async def explain_upload(file: UploadFile = File(..., description="an image file"),
+                             q: str = Form("", max_length=MAX_QUERY, description="query words (empty: the top word)"),
+                             system: Optional[str] = SYSTEM):
+        """Attention of the query words over the regions of an uploaded image (heat map)."""
+        run = pick("explain", system)
+        if run.served.explain_image is None:
+            raise _no_run("explain", run.served.system)
+        im = await read_image(file)
+        out = call(run.served.explain_image, im, q)
+        return Explanation(system=run.served.system, upload=file.filename or "", **out)
 
     # -------------------------------------------------------------------- users
     def _user_page(run: LoadedRun, vector, k, offset, query) -> UserPage:

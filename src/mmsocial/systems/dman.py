@@ -649,7 +649,12 @@ def load_run(run_dir: Path):
         return embed(model, post_regions(list(post_ids)))
 
     def explain(post_id: str, text: str = "") -> dict:
-        regions = torch.from_numpy(post_regions([post_id]))
+        return explain_regions(torch.from_numpy(post_regions([post_id])), text)
+
+    def explain_image(image, text: str = "") -> dict:
+        return explain_regions(torch.from_numpy(regions_of_images([image])), text)
+
+    def explain_regions(regions: torch.Tensor, text: str) -> dict:
         with torch.no_grad():
             y = model(regions)[0]
         known = query_words(text)[0] if text.strip() else []
@@ -664,5 +669,6 @@ def load_run(run_dir: Path):
     return Served(NAME, run_dir, corpus, "ip", {"posts": posts, "texts": texts}, embed_text=embed_text,
                   embed_image=embed_image, embed_posts=embed_posts,
                   explain=explain if mcfg.variant == "dman" else None,
+                  explain_image=explain_image if mcfg.variant == "dman" else None,
                   info={"title": TITLE, "variant": mcfg.variant, "tags": len(vocab), "posts": len(data.post_ids),
                         "vocabulary": vocab})
