@@ -33,10 +33,25 @@ def test_flat_index_is_exact(metric):
         assert (np.diff(dist, axis=1) <= 1e-6).all()
 
 
-def test_auto_picks_hnsw_above_the_threshold_and_recall_is_high():
+def test_auto_picks_ivfflat_above_the_threshold_and_nprobe_sets_recall():
     x = _clustered(3000)
     index = build_index(x, _ids(3000), "l2", exact_max=1000)
-    assert index.kind == "hnsw" and index.params["build_seconds"] >= 0
+    assert index.kind == "ivfflat" and index.params["build_seconds"] >= 0
+    # 2√n lists, at most n/39 (FAISS wants >= 39 training vectors per centroid)
+    assert index.params["nlist"] == min(3000 // 39, round(2 * np.sqrt(3000))) and index.params["nprobe"] == 8
+    q = probe_queries(x, 100)
+    truth = np.asarray(_ids(3000), dtype=object)[exact_search(x, q, 10)]
+    recall = {}
+    for nprobe in (1, 8, index.params["nlist"]):
+        index.set_search_params(nprobe=nprobe)
+        recall[nprobe] = recall_at_k(index.search(q, 10)[1], truth)
+    assert recall[1] < recall[8] and recall[8] >= 0.95
+    assert recall[index.params["nlist"]] >= 0.99  # every list scanned: exact up to float32 near-ties
+
+
+def test_hnsw_recall_is_high():
+    x = _clustered(3000)
+    index = build_index(x, _ids(3000), "l2", kind="hnsw")
     q = probe_queries(x, 100)
     truth = np.asarray(_ids(3000), dtype=object)[exact_search(x, q, 10)]
     assert recall_at_k(index.search(q, 10)[1], truth) >= 0.95
@@ -50,13 +65,13 @@ def test_ivfpq_with_refinement_recall():
     assert recall_at_k(index.search(q, 10)[1], truth) >= 0.9
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "ivfflat", "hnsw", "ivfpq"])
 def test_save_load_memory_mapped_and_add_without_rebuild(tmp_path, kind):
     x = _clustered(1200)
     index = build_index(x[:1000], _ids(1000), "l2", kind=kind)
     index.save(tmp_path / "ix")
     loaded = VectorIndex.load(tmp_path / "ix")
-    assert loaded.mapped == (kind in ("flat", "hnsw")) and len(loaded) == 1000
+    assert loaded.mapped == (kind in ("flat", "ivfflat", "hnsw")) and len(loaded) == 1000
     assert (loaded.search(x[:5], 3)[1] == index.search(x[:5], 3)[1]).all()
     new = _ids(200, "new")
     loaded.add(x[1000:], new)  # a mapped index is read into memory first (FAISS cannot grow a mapped store)
@@ -67,6 +82,10 @@ def test_save_load_memory_mapped_and_add_without_rebuild(tmp_path, kind):
     assert len(again) == 1200 and again.search(x[1100:1101], 1)[1][0, 0] == "new100"
     if kind == "hnsw":
         assert again.params["ef_search"] == index.index.hnsw.efSearch
+    if kind == "ivfflat":
+        import faiss
+
+        assert faiss.extract_index_ivf(again.index).nprobe == index.params["nprobe"] == 8
 
 
 def test_fewer_vectors_than_k_pads_with_empty_ids():

@@ -47,7 +47,7 @@ def _png(size=(40, 30), color=(200, 30, 30)) -> bytes:
 def test_run_folder_records_its_system_and_index_build_reports(built):
     run, output = built
     assert systems.run_system(run) == "dman"
-    assert "posts: flat (l2)" in output and "recall@10 vs exact 1.0000" in output and "built in" in output
+    assert "posts: flat (ip)" in output and "recall@10 vs exact 1.0000" in output and "built in" in output
     assert VectorIndex.load(run_index_dir(run, "posts")).mapped  # flat indexes load memory-mapped
 
 
@@ -58,7 +58,7 @@ def test_runs_lists_capabilities_and_memory_mapped_indexes(client):
     assert runs[0]["collections"]["posts"]["memory_mapped"] is True
 
 
-def test_text_query_ranks_by_euclidean_distance_to_the_tag_vector(client, served):
+def test_text_query_ranks_by_inner_product_with_the_tag_vector(client, served):
     words = client.get("/api/vocabulary").json()["words"]
     q = f"{words[0]} {words[3]} notaword"
     page = client.get("/api/search/images", params={"q": q, "k": 5}).json()
@@ -66,8 +66,8 @@ def test_text_query_ranks_by_euclidean_distance_to_the_tag_vector(client, served
     posts = served.collections["posts"]()
     query = np.zeros(len(words), np.float32)
     query[[0, 3]] = 1
-    dist = np.linalg.norm(posts.vectors - query, axis=1)
-    assert [r["score"] for r in page["results"]] == pytest.approx(np.sort(dist)[:5], abs=1e-4)
+    score = posts.vectors @ query  # Y_w0 + Y_w3
+    assert [r["score"] for r in page["results"]] == pytest.approx(np.sort(score)[::-1][:5], abs=1e-4)
     assert page["total"] == len(posts.ids) and page["next_offset"] == 5
 
 
@@ -106,6 +106,17 @@ def test_explanation_is_an_attention_map_over_the_region_grid(client, served):
     assert np.sum(ex["weights"]) == pytest.approx(1.0, abs=1e-5) and np.min(ex["weights"]) >= 0
     top = client.get(f"/api/posts/{pid}/explain").json()  # no word: the most probable tag
     assert top["word"] in served.info["vocabulary"]
+
+
+def test_uploaded_image_is_explained_like_a_post(client, served):
+    word = served.info["vocabulary"][4]
+    r = client.post("/api/images/explain", data={"q": word}, files={"file": ("red.png", _png(), "image/png")})
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    assert ex["word"] == word and ex["upload"] == "red.png" and ex["post_id"] is None and ex["grid"] == [2, 2]
+    assert np.sum(ex["weights"]) == pytest.approx(1.0, abs=1e-5)
+    bad = client.post("/api/images/explain", files={"file": ("a.txt", b"not an image", "text/plain")})
+    assert bad.status_code == 415 and "field 'file'" in bad.json()["detail"]
 
 
 def test_capabilities_without_a_run_answer_404_with_the_train_command(client, served):
@@ -172,7 +183,8 @@ def test_health_metrics_openapi_and_page(client):
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/search/images", "/api/posts/{post_id}/similar", "/api/posts/{post_id}/texts",
               "/api/images/similar", "/api/images/texts", "/api/posts/{post_id}/users", "/api/search/users",
-              "/api/match", "/api/popularity", "/api/posts/{post_id}/explain", "/health", "/metrics"):
+              "/api/match", "/api/popularity", "/api/posts/{post_id}/explain", "/api/images/explain",
+              "/api/images/users", "/health", "/metrics"):
         assert p in paths
     page = client.get("/")
     assert page.status_code == 200 and 'id="search-form"' in page.text
@@ -188,7 +200,7 @@ def test_index_add_embeds_the_posts_the_index_lacks(built, tmp_path):
     vectors = np.stack([index.index.reconstruct(i) for i in range(keep)])
     from mmsocial.index import build_index
 
-    build_index(vectors, [str(i) for i in index.ids[:keep]], "l2").save(folder)
+    build_index(vectors, [str(i) for i in index.ids[:keep]], "ip").save(folder)
     result = CliRunner().invoke(cli, ["index", "add", str(run)])
     assert result.exit_code == 0, result.output
     after = VectorIndex.load(folder)

@@ -425,16 +425,17 @@ app.add_typer(index_app, name="index")
 
 @index_app.command("build")
 def index_build(run_dir: Path = typer.Argument(..., help="a run folder written by `mmsocial train`"),
-                kind: str = typer.Option("auto", help="auto (flat up to --exact-max vectors, hnsw above) | "
-                                         "flat | hnsw | ivfpq"),
-                exact_max: int = typer.Option(100_000, help="largest collection searched exactly by --kind auto")):
+                kind: str = typer.Option("auto", help="auto (flat up to --exact-max vectors, ivfflat above) | "
+                                         "flat | ivfflat | hnsw | ivfpq"),
+                exact_max: int = typer.Option(100_000, help="largest collection searched exactly by --kind auto"),
+                nprobe: Optional[int] = typer.Option(None, help="IVF lists a query scans (ivfflat: 8, ivfpq: 32)")):
     """Index every collection of a run (posts, texts, users) into RUN_DIR/index/; prints build time and
     recall@10 against exact search."""
     from mmsocial.data.corpus import CorpusError
     from mmsocial.index import VectorIndexError, build_run_indexes
 
     try:
-        reports = build_run_indexes(systems.load_run(run_dir), kind=kind, exact_max=exact_max)
+        reports = build_run_indexes(systems.load_run(run_dir), kind=kind, exact_max=exact_max, nprobe=nprobe)
     except (CorpusError, VectorIndexError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for r in reports:
@@ -459,19 +460,23 @@ def index_add(run_dir: Path = typer.Argument(..., help="a run folder with a buil
 @app.command("serve")
 def serve_cmd(run_dirs: list[Path] = typer.Argument(..., help="run folders written by `mmsocial train`"),
               host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-              max_upload_mb: float = typer.Option(5.0, help="largest accepted image upload")):
+              max_upload_mb: float = typer.Option(5.0, help="largest accepted image upload"),
+              search_threads: int = typer.Option(1, help="FAISS threads per search (one query per request: "
+                                                 "requests run side by side instead)")):
     """HTTP API + web page over trained runs: search, explanations, users, matching, popularity."""
     import uvicorn
 
     from mmsocial.data.corpus import CorpusError
+    from mmsocial.index import set_search_threads
     from mmsocial.serve import create_app
 
+    set_search_threads(search_threads)
     try:
         api = create_app(run_dirs, max_upload_bytes=int(max_upload_mb * 2**20))
     except (CorpusError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"serving {len(run_dirs)} run(s) on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)  # one worker, no access log
 
 
 # ---------------------------------------------------------------------------- demo

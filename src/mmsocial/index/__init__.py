@@ -1,22 +1,27 @@
 """Nearest-neighbour indexes over embeddings (FAISS), saved next to a run and memory-mapped on load.
 
     from mmsocial.index import build_index, VectorIndex
-    index = build_index(vectors, ids, metric="l2")          # exact below EXACT_MAX rows, HNSW above
+    index = build_index(vectors, ids, metric="l2")          # exact up to EXACT_MAX rows, IVF-Flat above
     distances, found = index.search(queries, k=10)          # found: (n, k) ids, "" where fewer than k
     index.add(new_vectors, new_ids)                         # new posts, no rebuild
     index.save("runs/x/index/posts"); VectorIndex.load("runs/x/index/posts")   # mmap by default
 
 Kinds:
   ``flat``   exact search (``IndexFlatL2`` / ``IndexFlatIP``); the default for small collections.
-  ``hnsw``   ``IndexHNSWFlat`` (M links per node, efConstruction, efSearch); the default above
-             ``EXACT_MAX`` rows. Adding vectors extends the graph (no rebuild).
+  ``ivfflat`` ``IndexIVFFlat``: a k-means coarse quantiser with nlist ≈ 2√n lists holding the exact
+             vectors; a query scans the ``nprobe`` nearest lists (default 8). The default above
+             ``EXACT_MAX`` rows: no compression, so the distances it returns are exact and recall
+             depends on nprobe only. Adding vectors files them in their nearest list (no retraining).
+  ``hnsw``   ``IndexHNSWFlat`` (M links per node, efConstruction, efSearch). Adding vectors extends
+             the graph (no rebuild).
   ``ivfpq``  ``IndexIVFPQ`` (k-means coarse quantiser + product quantisation) wrapped in
              ``IndexRefineFlat``: the PQ candidates are re-ranked with the exact vectors. Adding
              vectors encodes them with the trained quantisers (no retraining).
 
 Memory mapping (``load(mmap=True)``): ``flat`` and ``hnsw`` are read with ``faiss.IO_FLAG_MMAP_IFC``:
 the stored vectors (the bulk of the file) stay in the file and are paged in on demand; the HNSW
-graph itself is read into memory. ``ivfpq`` is read whole: FAISS has no memory map for a refine
+graph itself is read into memory. ``ivfflat`` is read with ``faiss.IO_FLAG_MMAP``: its inverted lists
+(the vectors) stay in the file, the centroids are read into memory. ``ivfpq`` is read whole: FAISS has no memory map for a refine
 index's stored vectors, and ``IO_FLAG_MMAP`` maps only plain IVF inverted lists. A mapped index is
 read-only (FAISS aborts the process when a mapped vector store is resized), so ``add`` on a mapped
 index first reads the file into memory, then adds.
@@ -41,12 +46,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["EXACT_MAX", "KINDS", "METRICS", "VectorIndexError", "VectorIndex", "build_index", "exact_search",
+           "set_search_threads",
            "recall_at_k", "tie_aware_recall", "probe_queries", "run_index_dir", "build_run_indexes", "add_new_posts"]
 
 EXACT_MAX = 100_000  # collections up to this size get exact search by default
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "ivfflat", "hnsw", "ivfpq")
+MAPPED = {"flat": "IO_FLAG_MMAP_IFC", "hnsw": "IO_FLAG_MMAP_IFC", "ivfflat": "IO_FLAG_MMAP"}  # kind -> faiss flag
 METRICS = ("l2", "ip")
 INDEX_FILE, IDS_FILE, MANIFEST = "index.faiss", "ids.npy", "index.json"
+
+
+_SEARCH_THREADS: list[Optional[int]] = [None]
+
+
+def set_search_threads(n: Optional[int]) -> None:
+    """FAISS (OpenMP) threads per search, applied in whichever thread searches (OpenMP's setting is per
+    thread: one set in the main thread does not reach a server's worker threads). None: FAISS's default."""
+    _SEARCH_THREADS[0] = n
 
 
 class VectorIndexError(ValueError):
@@ -101,7 +117,7 @@ class VectorIndex:
         if ef_search is not None and self.kind == "hnsw":
             self.index.hnsw.efSearch = int(ef_search)
             self.params["ef_search"] = int(ef_search)
-        if nprobe is not None and self.kind == "ivfpq":
+        if nprobe is not None and self.kind in ("ivfpq", "ivfflat"):
             f.extract_index_ivf(self.index).nprobe = int(nprobe)
             self.params["nprobe"] = int(nprobe)
 
@@ -110,6 +126,8 @@ class VectorIndex:
         if k < 1:
             raise VectorIndexError(f"k must be >= 1, got {k}")
         q = _as_matrix(queries, "queries", self.dim)
+        if _SEARCH_THREADS[0] is not None:
+            _faiss().omp_set_num_threads(_SEARCH_THREADS[0])
         kk = min(int(k), len(self))
         if kk == 0:
             return np.full((len(q), k), np.nan, np.float32), np.full((len(q), k), "", dtype=object)
@@ -165,8 +183,8 @@ class VectorIndex:
                 raise VectorIndexError(f"{folder}: no {name}; build the index with `mmsocial index build RUN_DIR`")
         f = _faiss()
         manifest = json.loads((folder / MANIFEST).read_text())
-        mapped = mmap and manifest["kind"] in ("flat", "hnsw")
-        index = f.read_index(str(folder / INDEX_FILE), f.IO_FLAG_MMAP_IFC if mapped else 0)
+        mapped = mmap and manifest["kind"] in MAPPED
+        index = f.read_index(str(folder / INDEX_FILE), getattr(f, MAPPED[manifest["kind"]]) if mapped else 0)
         ids = np.load(folder / IDS_FILE, mmap_mode="r" if mmap else None)
         if len(ids) != index.ntotal:
             raise VectorIndexError(f"{folder}: {IDS_FILE} holds {len(ids)} ids but the index {index.ntotal} vectors")
@@ -177,10 +195,12 @@ class VectorIndex:
 
 def build_index(vectors, ids: Sequence[str], metric: str = "l2", kind: str = "auto", *,
                 exact_max: int = EXACT_MAX, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
-                nlist: Optional[int] = None, pq_m: Optional[int] = None, nprobe: int = 32,
+                nlist: Optional[int] = None, pq_m: Optional[int] = None, nprobe: Optional[int] = None,
                 seed: int = 0) -> VectorIndex:
     """An index over ``vectors`` (n, d) named by ``ids``. ``kind="auto"``: flat up to ``exact_max`` rows,
-    hnsw above. ``params`` of the result record the settings and the build time in seconds."""
+    ivfflat above. ``nlist``: lists of the IVF kinds (default 2√n for ivfflat, 4√n for ivfpq); ``nprobe``:
+    lists a query scans (default 8 for ivfflat, 32 for ivfpq). ``params`` of the result record the
+    settings and the build time in seconds."""
     if metric not in METRICS:
         raise VectorIndexError(f"metric must be one of {METRICS}, got {metric!r}")
     if kind not in (*KINDS, "auto"):
@@ -192,7 +212,7 @@ def build_index(vectors, ids: Sequence[str], metric: str = "l2", kind: str = "au
     if len(set(ids.tolist())) != len(ids):
         raise VectorIndexError("ids are not unique")
     if kind == "auto":
-        kind = "flat" if len(v) <= exact_max else "hnsw"
+        kind = "flat" if len(v) <= exact_max else "ivfflat"
     f = _faiss()
     d = v.shape[1]
     fmetric = f.METRIC_L2 if metric == "l2" else f.METRIC_INNER_PRODUCT
@@ -205,8 +225,20 @@ def build_index(vectors, ids: Sequence[str], metric: str = "l2", kind: str = "au
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
         params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
+    elif kind == "ivfflat":
+        nlist = nlist or max(1, min(len(v) // 39 or 1, int(round(2 * np.sqrt(len(v))))))
+        nprobe = nprobe or 8
+        quantizer = f.IndexFlatL2(d) if metric == "l2" else f.IndexFlatIP(d)
+        index = f.IndexIVFFlat(quantizer, d, nlist, fmetric)
+        rng = np.random.default_rng(seed)
+        sample = v[rng.choice(len(v), min(len(v), 64 * nlist), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.nprobe = nprobe
+        params.update(nlist=nlist, nprobe=nprobe, train_sample=len(sample))
     else:
         nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(v)))))
+        nprobe = nprobe or 32
         pq_m = pq_m or next(m for m in (32, 16, 8, 4, 2, 1) if d % m == 0)
         quantizer = f.IndexFlatL2(d) if metric == "l2" else f.IndexFlatIP(d)
         ivf = f.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, fmetric)

@@ -91,8 +91,9 @@ class UserPage(Page):
 
 class Explanation(BaseModel):
     system: str
-    post_id: str
-    image_url: Optional[str]
+    post_id: Optional[str] = Field(None, description="the explained post (None for an upload)")
+    upload: Optional[str] = Field(None, description="the uploaded file's name (None for a post)")
+    image_url: Optional[str] = None
     word: str
     words: list[str]
     grid: list[int]
@@ -325,9 +326,9 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
 
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {max_upload_bytes} bytes")
+            raise HTTPException(413, f"field 'file': upload larger than {max_upload_bytes} bytes")
         if not data:
-            raise HTTPException(422, "empty upload: send an image file (PNG, JPEG, GIF, WebP or BMP)")
+            raise HTTPException(422, "field 'file': empty upload; send an image file (PNG, JPEG, GIF, WebP or BMP)")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -337,27 +338,13 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
                 im = Image.open(io.BytesIO(data))
                 im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise HTTPException(413, f"image has more than {MAX_PIXELS} pixels") from None
+            raise HTTPException(413, f"field 'file': image has more than {MAX_PIXELS} pixels") from None
         except Exception:  # noqa: BLE001 - PIL raises many types for non-images
-            raise HTTPException(415, f"{file.filename or 'upload'} is not an image PIL can read "
+            raise HTTPException(415, f"field 'file': {file.filename or 'upload'} is not an image PIL can read "
                                 "(PNG, JPEG, GIF, WebP or BMP)") from None
         if im.width < 1 or im.height < 1:
-            raise HTTPException(415, "image has no pixels")
+            raise HTTPException(415, "field 'file': image has no pixels")
         return im
-
-    # -------------------------------------------------------------------- middleware
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        t = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_upload_bytes + 65536):
-            response = JSONResponse({"detail": f"request body larger than {max_upload_bytes} bytes"}, 413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
-                        time.perf_counter() - t)
-        return response
 
     # -------------------------------------------------------------------- service
     @app.get("/health", tags=["service"])
@@ -394,8 +381,9 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
     POST_ID = PathParam(..., min_length=1, max_length=200)
 
     @app.get("/api/search/images", tags=["search"], response_model=PostPage)
-    def text_to_images(q: str = Q, k: int = K, offset: int = OFFSET, system: Optional[str] = SYSTEM):
-        """Tag or text query -> images."""
+    async def text_to_images(q: str = Q, k: int = K, offset: int = OFFSET, system: Optional[str] = SYSTEM):
+        """Tag or text query -> images. Async: the query embedding and the index search take about a
+        millisecond, less than a hop to the thread pool and back."""
         q = _clean_query(q)
         run = pick("text_to_image", system)
         vector, info = call(run.served.embed_text, q)
@@ -468,6 +456,18 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
         out = call(run.served.explain, post_id, q)
         return Explanation(system=run.served.system, post_id=post_id, image_url=image_url(run, post_id, row), **out)
 
+    @app.post("/api/images/explain", tags=["explain"], response_model=Explanation)
+    async def explain_upload(file: UploadFile = File(..., description="an image file"),
+                             q: str = Form("", max_length=MAX_QUERY, description="query words (empty: the top word)"),
+                             system: Optional[str] = SYSTEM):
+        """Attention of the query words over the regions of an uploaded image (heat map)."""
+        run = pick("explain", system)
+        if run.served.explain_image is None:
+            raise _no_run("explain", run.served.system)
+        im = await read_image(file)
+        out = call(run.served.explain_image, im, q)
+        return Explanation(system=run.served.system, upload=file.filename or "", **out)
+
     # -------------------------------------------------------------------- users
     def _user_page(run: LoadedRun, vector, k, offset, query) -> UserPage:
         page, total, nxt = search(run, "users", vector, k, offset)
@@ -479,6 +479,16 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
         """Post -> nearest users (a system that embeds users, e.g. DU2MCE)."""
         run = pick("users", system)
         return _user_page(run, post_vector(run, post_id), k, offset, {"post_id": post_id})
+
+    @app.post("/api/images/users", tags=["users"], response_model=UserPage)
+    async def users_of_upload(file: UploadFile = File(..., description="an image file"), k: int = K,
+                              offset: int = OFFSET, system: Optional[str] = SYSTEM):
+        """Uploaded image -> nearest users (a system that embeds users and images, e.g. DU2MCE)."""
+        run = pick("users", system)
+        if run.served.embed_image is None:
+            raise _no_run("users")
+        im = await read_image(file)
+        return _user_page(run, call(run.served.embed_image, im), k, offset, {"upload": file.filename or ""})
 
     @app.get("/api/search/users", tags=["users"], response_model=UserPage)
     def text_to_users(q: str = Q, k: int = K, offset: int = OFFSET, system: Optional[str] = SYSTEM):
@@ -508,8 +518,8 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
                     post_id: Optional[str] = Form(None, max_length=200), system: Optional[str] = SYSTEM) -> dict:
         """Image-caption match score with its attention (BSSAN's W2R/O2W)."""
         run = pick("match", system)
-        image = await _image_or_post(run, file, post_id)
-        return {"system": run.served.system, **call(run.served.match, image, _clean_query(caption))}
+        image, post_id = await _image_or_post(run, file, post_id)
+        return {"system": run.served.system, **call(run.served.match, image, _clean_query(caption), post_id)}
 
     @app.post("/api/popularity", tags=["predict"])
     async def popularity(file: Optional[UploadFile] = File(None, description="an image (or give post_id)"),
@@ -518,16 +528,22 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
                          system: Optional[str] = SYSTEM) -> dict:
         """Popularity prediction of a new post with its attention (UHAN)."""
         run = pick("popularity", system)
-        image = await _image_or_post(run, file, post_id)
-        return {"system": run.served.system, **call(run.served.popularity, image, text, user_id)}
+        image, post_id = await _image_or_post(run, file, post_id)
+        return {"system": run.served.system, **call(run.served.popularity, image, text, user_id, post_id)}
 
     async def _image_or_post(run: LoadedRun, file: Optional[UploadFile], post_id: Optional[str]):
+        """(uploaded image, None) or (None, post id of the corpus); the system reads a post's image or its
+        cached features itself."""
         if file is not None and file.filename:
-            return await read_image(file)
+            if post_id:
+                raise HTTPException(422, "give either an image file (field 'file') or a post_id, not both")
+            return await read_image(file), None
         if post_id:
-            post_row(run, post_id)
-            return call(run.served.corpus.open_image, post_id)
-        raise HTTPException(422, "give an image file or a post_id")
+            row = post_row(run, post_id)
+            if row["image"] is None:
+                raise HTTPException(422, f"post {post_id!r} has no image (field 'post_id')")
+            return None, post_id
+        raise HTTPException(422, "give an image file (field 'file') or a post_id")
 
     # -------------------------------------------------------------------- files and page
     @app.get("/images/{run_name}/{post_id}", tags=["files"], response_class=Response,
@@ -566,4 +582,38 @@ def build_app(runs: list[LoadedRun], max_upload_bytes: int = 5 * 2**20) -> FastA
         kind = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}.get(files[name].suffix, "text/plain")
         return FileResponse(files[name], media_type=kind)
 
+    app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body=max_upload_bytes + 65536,
+                       max_upload_bytes=max_upload_bytes)
     return app
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware (no BaseHTTPMiddleware task per request): refuses a body declared larger than
+    the upload limit before it is read, and records each response's status and latency by route."""
+
+    def __init__(self, app, metrics: "Metrics", max_body: int, max_upload_bytes: int):
+        self.app, self.metrics, self.max_body, self.max_upload_bytes = app, metrics, max_body, max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t = time.perf_counter()
+        status = [500]
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            status[0] = 413
+            await JSONResponse({"detail": f"request body larger than {self.max_upload_bytes} bytes"}, 413)(
+                scope, receive, send)
+            return self.metrics.observe(scope["method"], "unmatched", 413, time.perf_counter() - t)
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")  # set by the router (it updates the shared scope)
+            self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"), status[0],
+                                 time.perf_counter() - t)

@@ -71,7 +71,7 @@ Serving (``load_run``; ``mmsocial.systems.load_run(run_dir)`` picks the module f
 ``config.yaml``, which `mmsocial train` writes into every run folder)::
 
     Served(system, run_dir, corpus, metric, collections, embed_text=None, embed_image=None,
-           embed_posts=None, explain=None, match=None, popularity=None, info={})
+           embed_posts=None, explain=None, explain_image=None, match=None, popularity=None, info={})
         # metric: "l2" (Euclidean, smaller is closer) or "ip" (inner product, larger is closer) in the
         #   system's embedding space, used for every collection below
         # collections: name -> zero-argument function returning a ``Collection(ids, vectors, kind,
@@ -85,8 +85,10 @@ Serving (``load_run``; ``mmsocial.systems.load_run(run_dir)`` picks the module f
         # embed_posts(post_ids) -> (n, d): posts of ``corpus`` (also posts added after training)
         # explain(post_id, text) -> dict: attention of the query words over the image, e.g.
         #   {"word": w, "grid": [h, w], "weights": h x w nested list summing to 1, "words": [...]}
-        # match(image, caption) -> dict with "score" and "attention"; popularity(image, text, user_id)
-        #   -> dict with "popularity" and "attention"
+        # explain_image(PIL.Image, text) -> dict: the same for an uploaded image
+        # match(image, caption, post_id=None) -> dict with "score" and the attention; popularity(image,
+        #   text, user_id, post_id=None) -> dict with "popularity" and the attention weights; ``image`` is
+        #   an uploaded PIL image, or None with the ``post_id`` of a corpus post
     An endpoint whose capability no loaded run has answers 404 naming the command that trains one.
 
 Library code in a system reports through ``logging`` (``log = logging.getLogger(__name__)``); only
@@ -167,6 +169,7 @@ class Served:
     embed_image: Optional[Callable[[Any], Any]] = None
     embed_posts: Optional[Callable[[list[str]], Any]] = None
     explain: Optional[Callable[[str, str], dict]] = None
+    explain_image: Optional[Callable[[Any, str], dict]] = None
     match: Optional[Callable[..., dict]] = None
     popularity: Optional[Callable[..., dict]] = None
     info: dict[str, Any] = field(default_factory=dict)

@@ -650,3 +650,89 @@ def add_commands(groups) -> None:
         """BSSAN attention as PNG: W2R heat maps per word (Fig. 7) and O2W word weights per object (Fig. 8)."""
         for p in attention_pictures(run_dir, out, count):  # bad input: the CLI's one-line error, exit 2
             log.info("wrote %s", p)
+
+
+# ---------------------------------------------------------------------------- serving hook
+def load_run(run_dir: Path):
+    """`mmsocial serve`: a trained BSSAN run as a ``systems.Served`` answering image-caption match scores.
+
+    ``match(image, caption, post_id=None)``: MS(V, T) of Eq. 19 with its parts f_w2r and f_o2w and the
+    attention behind them: W2R's α (each caption word over the region grid, Eq. 1-2) and O2W's β (each
+    object box over the caption words, Eq. 9-10). A post of the corpus is scored from the run's cached
+    regions and objects (``prepare``, the same data the run was trained on); an uploaded image goes
+    through the run's backbone, and its objects are boxed and pooled as when the features were extracted
+    (CAM or grid boxes, RoIAlign). Caption words outside the run's vocabulary are <unk>, as in training."""
+    from mmsocial.experiment import load_corpus
+    from mmsocial.features.text import Vocabulary, tokenize
+    from mmsocial.models.bssan import BSSAN, BSSANConfig
+    from mmsocial.systems import RUN_CONFIG, Served
+    from mmsocial.train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    for f in (RUN_CONFIG, "model.json", "vocabulary.json"):
+        if not (run_dir / f).is_file():
+            raise FileNotFoundError(f"{run_dir / f}: missing; this run was not written by `mmsocial train bssan`")
+    cfg = load_config(run_dir / RUN_CONFIG, Config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    corpus = load_corpus(cfg)
+    data = prepare(corpus, cfg)
+    if Vocabulary.load(run_dir / "vocabulary.json").words != data.vocabulary.words:
+        raise ValueError(f"{run_dir}: the corpus's caption vocabulary differs from the run's vocabulary.json "
+                         f"(the corpus changed since training); retrain or serve the original corpus")
+    saved = json.loads((run_dir / "model.json").read_text())
+    mcfg = BSSANConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
+    model = BSSAN(mcfg)
+    load_checkpoint(run_dir, model)  # safetensors
+    model.eval()
+    row = {p: i for i, p in enumerate(data.post_ids)}
+    side = int(round(data.regions.shape[1] ** 0.5))
+    backbone: dict = {}
+
+    @torch.no_grad()
+    def features_of(image) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        from mmsocial.features.backbones import image_to_tensor, load_backbone
+        from mmsocial.features.boxes import cam_boxes, grid_boxes, roi_features
+
+        if cfg.boxes not in ("cam", "grid"):
+            raise ValueError(f"this run's objects come from the detector {cfg.boxes}; uploads are scored with "
+                             f"cam or grid boxes only: give a post_id of the corpus instead")
+        if "net" not in backbone:
+            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
+        net, size, count = backbone["net"], cfg.image_size, data.objects.shape[1]
+        fmap = net.feature_map(image_to_tensor(image, size)[None]).float()
+        b = (cam_boxes(net.class_activation_maps(fmap)[0], count, size, size) if cfg.boxes == "cam"
+             else grid_boxes(count, size, size).expand(1, count, 4))
+        R = fmap.flatten(2).transpose(1, 2)
+        return R, roi_features(fmap, b, (size, size)), (b / size).numpy()[0]
+
+    @torch.no_grad()
+    def match(image, caption: str, post_id: Optional[str] = None) -> dict:
+        words = tokenize(caption)[: mcfg.max_length]
+        if not words:
+            raise ValueError(f"the caption {caption!r} has no word")
+        ids = data.vocabulary.encode(words)
+        if all(i == 1 for i in ids):
+            raise ValueError(f"no word of {caption!r} is in this run's vocabulary ({len(data.vocabulary) - 2} "
+                             f"words, e.g. {', '.join(data.vocabulary.words[2:10])})")
+        if post_id is not None and post_id in row:
+            R, O = data.image_features(np.array([row[post_id]]))
+            boxes = data.boxes[row[post_id]]
+        else:
+            R, O, boxes = features_of(image if image is not None else corpus.open_image(post_id))
+        T = torch.from_numpy(data.embeddings[np.array(ids)])[None]
+        out = model(R, O, T, torch.tensor([len(ids)]))
+        res = {"score": float(out["score"][0]), "f_w2r": float(out["f_w2r"][0]), "f_o2w": float(out["f_o2w"][0]),
+               "lam": mcfg.lam, "words": words, "unknown_words": [w for w, i in zip(words, ids) if i == 1],
+               "attention": {}}
+        if out["alpha"] is not None:  # (1, L, D): each word over the region grid
+            res["attention"]["w2r"] = {"grid": [side, side], "maps": {
+                f"{k}:{w}": out["alpha"][0, k].reshape(side, side).tolist() for k, w in enumerate(words)}}
+        if out["beta"] is not None:  # (1, P, L): each object over the words
+            res["attention"]["o2w"] = {"boxes": np.asarray(boxes, dtype=float).round(4).tolist(),
+                                       "weights": out["beta"][0, :, : len(words)].tolist()}
+        return res
+
+    return Served(NAME, run_dir, corpus, "ip", {}, match=match,
+                  info={"title": TITLE, "variant": saved.get("variant"), "images": len(data.post_ids),
+                        "vocabulary_size": len(data.vocabulary)})

@@ -617,3 +617,114 @@ def add_commands(groups) -> None:
         log.info(json.dumps({kk: v for kk, v in summary.items() if kk != "clusters"}, indent=1))
 
 
+
+
+# ---------------------------------------------------------------------------- serving hook
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def load_run(run_dir: Path):
+    """`mmsocial serve` / `mmsocial index build`: a trained DU2MCE run as a ``systems.Served``.
+
+    Everything lives in the common space R^D of §3.1 and is compared by cosine (the pair ranking loss's
+    similarity): the vectors are L2-normalised and searched by inner product. "posts" are x^I of the
+    run's images (``embeddings.npz``), "texts" x^T of the posts with an in-vocabulary text, "users"
+    x^U = W_U U_e[k] of the K training users. A text query is cleaned as §4.1 (stop words removed, words
+    outside the run's vocabulary dropped) and encoded by φ_T; an uploaded image is pooled by the run's
+    backbone (``backbone``, ``weights``, ``image_size``) and encoded by W_I. No corpus preparation is
+    re-run: the run folder holds the vocabulary, the users and the image embeddings."""
+    from mmsocial.config import load_config
+    from mmsocial.features.text import tokenize
+    from mmsocial.models.du2mce import DU2MCE, DU2MCEConfig
+    from mmsocial.systems import RUN_CONFIG, Collection, Served
+    from mmsocial.train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / RUN_CONFIG, Config)
+    for name in ("du2mce_run.json", "embeddings.npz"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing; this run was not written by `mmsocial train du2mce`")
+    saved = json.loads((run_dir / "du2mce_run.json").read_text())
+    mcfg = DU2MCEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
+    model = DU2MCE(mcfg)
+    load_checkpoint(run_dir, model)  # safetensors
+    model.eval()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not cfg.corpus:
+        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
+    corpus = Corpus.load(cfg.corpus)
+    words: list[str] = saved["words"]
+    word_id = {w: i for i, w in enumerate(words)}
+    z = np.load(run_dir / "embeddings.npz")
+    image_posts = [str(p) for p in z["image_posts"]]
+    image_vectors = _unit(z["images"])
+    row_of_image = {p: i for i, p in enumerate(image_posts)}
+    backbone: dict = {}
+
+    def tokens(word_lists: list[list[str]]) -> torch.Tensor:
+        out = np.zeros((len(word_lists), mcfg.max_length), dtype=np.int64)
+        for i, ws in enumerate(word_lists):
+            ids = [word_id[w] for w in ws if w in word_id][: mcfg.max_length]
+            out[i, : len(ids)] = ids
+        return torch.from_numpy(out)
+
+    @torch.no_grad()
+    def pooled(images) -> np.ndarray:
+        from mmsocial.features.backbones import image_to_tensor, load_backbone
+
+        if "net" not in backbone:
+            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
+        x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
+        return backbone["net"].region_grid(x).float().mean(1).numpy()
+
+    @torch.no_grad()
+    def encode_images(features: np.ndarray) -> np.ndarray:
+        return _unit(model.encode_image(torch.from_numpy(np.asarray(features, np.float32))).numpy())
+
+    def posts() -> Collection:
+        return Collection(image_posts, image_vectors)
+
+    @torch.no_grad()
+    def texts() -> Collection:
+        ids = [p for p, ws in zip(saved["posts"]["post_id"], saved["posts"]["words"]) if ws]
+        lists = [ws for ws in saved["posts"]["words"] if ws]
+        vecs = [model.encode_text(tokens(lists[a:a + 1024])).numpy() for a in range(0, len(lists), 1024)]
+        return Collection(ids, _unit(np.concatenate(vecs)) if vecs else np.zeros((0, mcfg.embed_dim), np.float32))
+
+    @torch.no_grad()
+    def users() -> Collection:
+        return Collection(list(saved["users"]), _unit(model.encode_user(torch.arange(len(saved["users"]))).numpy()),
+                          kind="user")
+
+    @torch.no_grad()
+    def embed_text(text: str):
+        ws = tokenize(text, stop_words="english")
+        known = [w for w in ws if w in word_id]
+        if not known:
+            raise ValueError(f"no word of {text!r} is in this run's vocabulary ({len(words) - 2} words, stop "
+                             f"words removed, e.g. {', '.join(words[2:10])})")
+        return _unit(model.encode_text(tokens([known])).numpy())[0], \
+            {"words": list(dict.fromkeys(known)), "unknown_words": [w for w in ws if w not in word_id]}
+
+    def embed_image(image) -> np.ndarray:
+        return encode_images(pooled([image]))[0]
+
+    def embed_posts(post_ids: list[str]) -> np.ndarray:
+        out = np.empty((len(post_ids), mcfg.embed_dim), dtype=np.float32)
+        new = []
+        for i, p in enumerate(post_ids):
+            if p in row_of_image:
+                out[i] = image_vectors[row_of_image[p]]
+            else:  # a post added to the corpus after training
+                new.append(i)
+        if new:
+            out[new] = encode_images(pooled([corpus.open_image(post_ids[i]) for i in new]))
+        return out
+
+    return Served(NAME, run_dir, corpus, "ip", {"posts": posts, "texts": texts, "users": users},
+                  embed_text=embed_text, embed_image=embed_image, embed_posts=embed_posts,
+                  info={"title": TITLE, "lambdas": list(cfg.lambdas), "users": len(saved["users"]),
+                        "images": len(image_posts), "vocabulary": words[2:]})

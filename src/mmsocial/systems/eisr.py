@@ -144,6 +144,8 @@ class Data:
     classes: list[str]
     top_words: list[list[str]]
     corpus: Optional[Corpus] = None  # the images themselves, read when the backbone is fine-tuned
+    text_model: Any = None  # the fitted LDA (features.text.TopicModel), or the tag vocabulary (list)
+    stats: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None  # "image"/"text": training mean, std
 
     def idx(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -201,18 +203,31 @@ def _split(corpus: Corpus, keep: np.ndarray, cfg: Config) -> np.ndarray:
     return split
 
 
-def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
+def post_texts(posts, cfg: Config) -> list[str]:
+    """The text each post contributes: its text, plus its tags when ``text.use_tags``."""
+    return [" ".join([t or "", *(tags if cfg.text.use_tags else [])]) for t, tags in
+            zip(posts["text"].where(posts["text"].notna(), None), posts["tags"])]
+
+
+def text_tokens(texts: list[str]) -> list[list[str]]:
+    from mmsocial.features.text import corpus_tokens
+
+    return corpus_tokens(texts, stop_words="english", min_length=2, keep_numbers=False)
+
+
+def prepare(corpus: Corpus, cfg: Config, features=None, text_model=None) -> Data:
     """Split, classes, LDA text features (fitted on training texts) and pooled image vectors.
 
     features: the region grids (a FeatureSet, or an array with one row per corpus post); None =
     extracted (or opened from the corpus's cache) with cfg.backbone / cfg.image_size / cfg.weights.
+    text_model: an already-fitted LDA (``Data.text_model`` of an earlier call) used instead of fitting one.
+    The returned Data keeps the fitted text transform and the standardisation statistics, so that new
+    texts and images can be mapped the same way (``text_features``, ``image_features``).
     """
-    from mmsocial.features.text import corpus_tokens, fit_lda, tag_vectors
+    from mmsocial.features.text import fit_lda, tag_vectors
 
     posts = corpus.posts
-    texts = [" ".join([t or "", *(tags if cfg.text.use_tags else [])]) for t, tags in
-             zip(posts["text"].where(posts["text"].notna(), None), posts["tags"])]
-    tokens = corpus_tokens(texts, stop_words="english", min_length=2, keep_numbers=False)
+    tokens = text_tokens(post_texts(posts, cfg))
     class_lists = [_classes_of(list(labs), cfg.classes) for labs in posts["labels"]]
     has_text = (np.array([len(t) > 0 for t in tokens]) if cfg.text.features == "lda"
                 else posts["tags"].map(len).to_numpy() > 0)
@@ -230,9 +245,10 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
     idx = np.flatnonzero(keep)
     train_tokens = [tokens[i] for i in idx if split[i] == "train"]
     if cfg.text.features == "lda":
-        lda = fit_lda(train_tokens, topics=cfg.text.topics, min_count=cfg.text.min_count,
-                      max_iter=cfg.text.max_iter, seed=cfg.split_seed)
-        text, top_words = lda.transform([tokens[i] for i in idx]), lda.top_words(8)
+        lda = text_model if text_model is not None else fit_lda(
+            train_tokens, topics=cfg.text.topics, min_count=cfg.text.min_count, max_iter=cfg.text.max_iter,
+            seed=cfg.split_seed)
+        text, top_words, text_model = lda.transform([tokens[i] for i in idx]), lda.top_words(8), lda
     else:
         from collections import Counter
 
@@ -240,7 +256,7 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
         vocab = sorted(t for t, n in counts.items() if n >= cfg.text.min_count)
         if not vocab:
             raise CorpusError(f"{corpus.root or corpus.name}: no tag occurs on {cfg.text.min_count} training posts")
-        text, top_words = tag_vectors([list(posts["tags"].iloc[i]) for i in idx], vocab), [vocab]
+        text, top_words, text_model = tag_vectors([list(posts["tags"].iloc[i]) for i in idx], vocab), [vocab], vocab
     labels = tag_vectors([class_lists[i] for i in idx], classes)
     ids = posts["post_id"].iloc[idx].tolist()
     if features is None:
@@ -249,12 +265,40 @@ def prepare(corpus: Corpus, cfg: Config, features=None) -> Data:
         features = extract_features(corpus, "regions", cfg.backbone, cfg.image_size, weights=cfg.weights,
                                     progress=cfg.progress)
     image = _pooled(features, ids, idx)
+    stats = None
     if cfg.standardize:
         tr = split[idx] == "train"
-        for a in (image, text):
-            a -= a[tr].mean(0)
-            a /= np.maximum(a[tr].std(0), 1e-6)
-    return Data(ids, split[idx], image, text, labels, classes, top_words, corpus)
+        stats = {}
+        for name, a in (("image", image), ("text", text)):
+            mean, std = a[tr].mean(0), np.maximum(a[tr].std(0), 1e-6)
+            a -= mean
+            a /= std
+            stats[name] = (mean, std)
+    return Data(ids, split[idx], image, text, labels, classes, top_words, corpus, text_model, stats)
+
+
+def text_features(data: Data, texts: list[str]) -> np.ndarray:
+    """T_Net's input for new texts: the run's LDA topic proportions (or tag multi-hot when the run's
+    text features are tags), standardised as the training pairs were."""
+    from mmsocial.features.text import tag_vectors
+
+    if isinstance(data.text_model, list):
+        t = tag_vectors([s.split() for s in texts], data.text_model)
+    else:
+        t = data.text_model.transform(text_tokens(texts))
+    return _standardised(data, "text", t)
+
+
+def image_features(data: Data, pooled: np.ndarray) -> np.ndarray:
+    """I_Net's input for new pooled CNN vectors, standardised as the training pairs were."""
+    return _standardised(data, "image", np.asarray(pooled, dtype=np.float32))
+
+
+def _standardised(data: Data, name: str, a: np.ndarray) -> np.ndarray:
+    if data.stats is None:
+        return a.astype(np.float32)
+    mean, std = data.stats[name]
+    return ((a - mean) / std).astype(np.float32)
 
 
 def new_tables(cfg: Config, data: Data) -> dict[str, ResultTable]:
@@ -540,3 +584,99 @@ def add_commands(groups) -> None:
                           seed: int = typer.Option(0, help="which pairs (random with this seed)")):
         """EISR Fig. 3: semantic vectors of test image-text pairs (true classes in red)."""
         log.info("wrote %s", plot_semantic_vectors(run_dir, out, pairs, seed))
+
+
+# ---------------------------------------------------------------------------- serving hook
+def load_run(run_dir: Path):
+    """`mmsocial serve` / `mmsocial index build`: a trained EISR run as a ``systems.Served``.
+
+    Images and texts are compared in the semantic space (the class posteriors f^(I), f^(T) of §3.2) by
+    Euclidean distance, as in the run's retrieval protocol. "posts" are f^(I) of the run's pairs, "texts"
+    f^(T) of the same pairs (text -> images, image -> texts). A new text goes through the run's text
+    features: the LDA is fitted again by ``prepare`` (batch variational Bayes with the run's seed, so the
+    same model) and the run's saved test vectors (``semantic_test.npz``) are recomputed and compared to
+    be sure; a run whose vectors differ is refused. An uploaded image is pooled by the run's backbone and
+    standardised with the training statistics. A run trained with ``finetune: true`` is refused: its
+    backbone is part of the model and the serving hook reads cached features."""
+    from mmsocial.config import load_config as load
+    from mmsocial.models.eisr import EISR, EISRConfig
+    from mmsocial.systems import RUN_CONFIG, Collection, Served
+
+    run_dir = Path(run_dir)
+    cfg = load(run_dir / RUN_CONFIG, Config)
+    if cfg.finetune:
+        raise ValueError(f"{run_dir}: trained with finetune: true (the backbone is part of the model); "
+                         f"serving reads cached features, so only runs with finetune: false can be served")
+    for name in ("eisr.json", "eisr.pt", "semantic_test.npz"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing; this run was not written by `mmsocial train eisr`")
+    saved = json.loads((run_dir / "eisr.json").read_text())
+    model = EISR(EISRConfig(**saved["config"]))
+    model.load_state_dict(torch.load(run_dir / "eisr.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not cfg.corpus:
+        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
+    corpus = Corpus.load(cfg.corpus)
+    data = prepare(corpus, cfg)
+    if data.classes != saved["classes"]:
+        raise ValueError(f"{run_dir}: the corpus's classes differ from the run's eisr.json (the corpus changed "
+                         f"since training); retrain or serve the original corpus")
+    z = np.load(run_dir / "semantic_test.npz")
+    row = {p: i for i, p in enumerate(data.post_ids)}
+    te = np.array([row.get(str(p), -1) for p in z["post_ids"]])
+    if (te < 0).any():
+        raise ValueError(f"{run_dir}: test pairs of semantic_test.npz are missing from the corpus (the corpus "
+                         f"changed since training); retrain or serve the original corpus")
+    check = semantic_vectors(model, data.image[te], data.text[te])  # as `train` computed them
+    if not (np.allclose(check[0], z["image"], rtol=0, atol=1e-6) and np.allclose(check[1], z["text"], rtol=0, atol=1e-6)):
+        raise ValueError(f"{run_dir}: the semantic vectors recomputed from the corpus differ from the run's "
+                         f"semantic_test.npz (corpus, features or LDA changed since training); retrain the run")
+    sx, st = (a.astype(np.float32) for a in semantic_vectors(model, data.image, data.text))
+    backbone: dict = {}
+
+    @torch.no_grad()
+    def pooled(images) -> np.ndarray:
+        from mmsocial.features.backbones import image_to_tensor, load_backbone
+
+        if "net" not in backbone:
+            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
+        x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
+        return backbone["net"].region_grid(x).float().mean(1).numpy()
+
+    def image_vectors(pooled_vectors: np.ndarray) -> np.ndarray:
+        return semantic_vectors(model, image_features(data, pooled_vectors), np.zeros((0, data.text.shape[1]),
+                                                                                  np.float32))[0].astype(np.float32)
+
+    def embed_text(text: str):
+        tokens = text_tokens([text])[0]
+        if not isinstance(data.text_model, list) and not any(
+                w in data.text_model.vectorizer.vocabulary_ for w in tokens):
+            raise ValueError(f"no word of {text!r} is in the vocabulary of this run's LDA (stop words and words "
+                             f"shorter than 2 letters removed)")
+        t = text_features(data, [text])
+        if isinstance(data.text_model, list) and not t.any():
+            raise ValueError(f"no tag of {text!r} is in this run's tag vocabulary")
+        v = semantic_vectors(model, np.zeros((0, data.image.shape[1]), np.float32), t)[1][0]
+        top = np.argsort(-v)[:3]
+        return v.astype(np.float32), {"words": tokens, "classes": {data.classes[i]: round(float(v[i]), 4)
+                                                                  for i in top}}
+
+    def embed_posts(post_ids: list[str]) -> np.ndarray:
+        out = np.empty((len(post_ids), sx.shape[1]), dtype=np.float32)
+        new = [i for i, p in enumerate(post_ids) if p not in row]
+        for i, p in enumerate(post_ids):
+            if p in row:
+                out[i] = sx[row[p]]
+        if new:  # posts added to the corpus after training
+            out[new] = image_vectors(pooled([corpus.open_image(post_ids[i]) for i in new]))
+        return out
+
+    return Served(NAME, run_dir, corpus, "l2",
+                  {"posts": lambda: Collection(list(data.post_ids), sx),
+                   "texts": lambda: Collection(list(data.post_ids), st, kind="post")},
+                  embed_text=embed_text, embed_image=lambda im: image_vectors(pooled([im]))[0],
+                  embed_posts=embed_posts,
+                  info={"title": TITLE, "classes": data.classes, "pairs": len(data.post_ids),
+                        "variant": EISRConfig(**saved["config"]).variant})

@@ -532,19 +532,23 @@ class Predictor:
     def uses_image(self) -> bool:
         return self.row not in _TEXT_ONLY
 
-    def regions_of(self, image_path: Path) -> torch.Tensor:
+    def regions_of(self, image) -> torch.Tensor:
+        """Region features of an image file (a path) or of an opened PIL image."""
         from PIL import Image
 
         from mmsocial.features.backbones import image_to_tensor, load_backbone
 
-        image_path = Path(image_path)
-        if not image_path.is_file():
-            raise FileNotFoundError(f"image {image_path} does not exist")
-        try:
-            with Image.open(image_path) as im:
-                x = image_to_tensor(im, self.cfg.image_size)[None]
-        except OSError as e:
-            raise ValueError(f"image {image_path} is unreadable ({e})") from None
+        if isinstance(image, Image.Image):
+            x = image_to_tensor(image, self.cfg.image_size)[None]
+        else:
+            image_path = Path(image)
+            if not image_path.is_file():
+                raise FileNotFoundError(f"image {image_path} does not exist")
+            try:
+                with Image.open(image_path) as im:
+                    x = image_to_tensor(im, self.cfg.image_size)[None]
+            except OSError as e:
+                raise ValueError(f"image {image_path} is unreadable ({e})") from None
         if self._backbone is None:
             self._backbone = load_backbone(self.cfg.backbone, self.cfg.weights)
         with torch.no_grad():
@@ -553,8 +557,9 @@ class Predictor:
             r = project_regions(r, *self.pca)
         return torch.from_numpy(np.asarray(r, dtype=np.float32))
 
-    def predict(self, text: str, user: Optional[str], image: Optional[Path] = None) -> dict[str, Any]:
-        """ŷ for one new post, with its attention weights; an unknown user is the cold-start user 0."""
+    def predict(self, text: str, user: Optional[str], image: Any = None) -> dict[str, Any]:
+        """ŷ for one new post, with its attention weights; an unknown user is the cold-start user 0.
+        ``image``: a path or a PIL image."""
         from mmsocial.features.text import tokenize
 
         if text is None or not str(text).strip():
@@ -566,7 +571,7 @@ class Predictor:
         regions = None
         if self.uses_image:
             if image is None:
-                raise ValueError(f"row {self.row!r} uses the image: pass an image path")
+                raise ValueError(f"row {self.row!r} uses the image: pass an image")
             regions = self.regions_of(image)
         known = user is not None and user in self.users
         u = torch.tensor([self.users[user] if known else 0])
@@ -581,6 +586,9 @@ class Predictor:
             res["word_weights"] = [float(a) for a in out["alpha_T"][0, :len(tokens)]]
         if "alpha_V" in out:
             res["region_weights"] = [float(a) for a in out["alpha_V"][0]]
+            side = int(round(len(res["region_weights"]) ** 0.5))
+            if side * side == len(res["region_weights"]):
+                res["region_grid"] = [side, side]
         if "a" in out:
             res["modality_weights"] = {"image": float(out["a"][0, 0]), "text": float(out["a"][0, 1])}
         return res
@@ -673,3 +681,32 @@ def demo(corpus_dir: Path, workdir: Path):
                            "preset": "small", "seeds": [0], "rows": DEMO_ROWS, "tables": ["table2"],
                            "threads": 1, "region_pca": 64, "model": {"max_steps": 120, "patience": 4}},
                           progress=False)
+
+
+# ---------------------------------------------------------------------------- serving hook
+def load_run(run_dir: Path):
+    """`mmsocial serve`: a trained UHAN run as a ``systems.Served`` answering popularity predictions.
+
+    ``popularity(image, text, user_id, post_id=None)``: ŷ (the score log2(views/days + 1)) of a new post
+    through ``Predictor.predict``, with its attention: the word weights α_T, the region weights α_V (with
+    their grid) and the modality weights; an author outside the training users is the cold-start user.
+    With a post_id the post's own image is used (through the backbone, as for a new post)."""
+    from mmsocial.systems import Served
+
+    run_dir = Path(run_dir)
+    pred = load_predictor(run_dir)
+    if not pred.cfg.corpus:
+        raise FileNotFoundError(f"{run_dir / 'uhan.json'}: no corpus in the run's config; the served run needs it")
+    if pred.cfg.threads:
+        torch.set_num_threads(pred.cfg.threads)
+    corpus = Corpus.load(pred.cfg.corpus)
+
+    def popularity(image, text: str, user_id: Optional[str] = None, post_id: Optional[str] = None) -> dict:
+        if pred.uses_image and image is None:
+            if post_id is None:
+                raise ValueError(f"row {pred.row!r} uses the image: give an image file or a post_id")
+            image = corpus.open_image(post_id)
+        return {**pred.predict(text, user_id, image), "row": pred.row}
+
+    return Served(NAME, run_dir, corpus, "l2", {}, popularity=popularity,
+                  info={"title": TITLE, "row": pred.row, "users": len(pred.users), "words": len(pred.words)})

@@ -100,7 +100,7 @@ $("upload-form").addEventListener("submit", (ev) => {
 $("popularity-button").addEventListener("click", async () => {
   const f = $("upload").files[0];
   if (!f) { $("status").textContent = "Choose an image file first."; return; }
-  const fd = new FormData(); fd.append("file", f);
+  const fd = new FormData(); fd.append("file", f); fd.append("text", $("q").value.trim());  // the search box is the post's text
   try { const r = await api("/api/popularity", { method: "POST", body: fd }); $("status").textContent = `popularity: ${JSON.stringify(r)}`; }
   catch (e) { $("status").textContent = e.message; }
 });
