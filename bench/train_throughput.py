@@ -53,20 +53,22 @@ class Captured(Exception):
     """Raised by the intercepted trainer once it has the system's training pieces."""
 
 
-def matmul_peak(device: str, size: int = 2048, reps: int = 5) -> float:
-    """GFLOP/s of a size x size float32 matmul (best of ``reps``) with the current torch threads."""
+def matmul_peak(device: str, size: int = 2048, reps: int = 5) -> dict[str, float]:
+    """GFLOP per wall second and per process CPU second of a size x size float32 matmul (best of
+    ``reps``) with the current torch threads (on a GPU both are wall)."""
     import torch
 
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(reps + 1):
         sync(device)
-        t = time.perf_counter()
-        (a @ b).sum().item() if device == "cuda" else a @ b
+        t, c = time.perf_counter(), time.process_time()
+        a @ b
         sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * size ** 3 / best / 1e9
+        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
+    flops = 2 * size ** 3 / 1e9
+    return {"wall": flops / wall, "cpu": flops / (wall if device == "cuda" else cpu)}
 
 
 def sync(device: str) -> None:
@@ -122,12 +124,11 @@ def _groups_of(model, groups):
 
 
 def child(args) -> dict[str, Any]:
-    import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from mmsocial import systems
-    from mmsocial.config import EarlyStoppingConfig, load_config
+    from mmsocial.config import EarlyStoppingConfig, TrainConfig, load_config
     from mmsocial.experiment import load_corpus
     from mmsocial.train import trainer
     from mmsocial.train.distributed import epoch_batches
@@ -143,80 +144,92 @@ def child(args) -> dict[str, Any]:
     data = module.prepare(load_corpus(cfg), cfg)
     work = Path(tempfile.mkdtemp(prefix=f"throughput-{module.NAME}-", dir=args.workdir))
     got = capture(module, cfg, data, row, work / "capture")
-    tcfg = got["cfg"].model_copy(update={"progress": False, "early_stopping": EarlyStoppingConfig(),
-                                         "device": args.device})
+    tcfg = got["cfg"] if isinstance(got["cfg"], TrainConfig) else load_config(got["cfg"], TrainConfig)
+    tcfg = tcfg.model_copy(update={"progress": False, "early_stopping": EarlyStoppingConfig(), "device": args.device})
     n = len(got["train_data"])
-    if got["sampler_factory"] is not None:
-        batches = [trainer._batch(b) for b in got["sampler_factory"](0, 0, 1)]
-    else:
-        batches = epoch_batches(n, tcfg.batch_size, tcfg.seed, 0, 0, 1, tcfg.shuffle, tcfg.drop_last)
-    steps = min(args.steps, len(batches), tcfg.max_steps or 10 ** 9)
-    batches = batches[:steps]
-    examples = sum(trainer._examples(b) for b in batches)
-    tcfg = tcfg.model_copy(update={"max_steps": steps, "epochs": max(tcfg.epochs, 1)})
     device = torch.device(args.device)
+
+    def epoch(e: int) -> list:
+        if got["sampler_factory"] is not None:
+            return [trainer._batch(b) for b in got["sampler_factory"](e, 0, 1)]
+        return epoch_batches(n, tcfg.batch_size, tcfg.seed, e, 0, 1, tcfg.shuffle, tcfg.drop_last)
 
     def fresh():
         m = copy.deepcopy(got["model"]).to(device)
         return m, _groups_of(m, got["groups"])
 
-    def trainer_run(i: int) -> tuple[float, float, float]:
+    def trainer_run(name: str, steps: int) -> tuple[float, float, float, float]:
+        """(wall s, process CPU s, user s, sys s) of one trainer call from a fresh model."""
         m, groups = fresh()
         u0, s0 = cpu_times()
         sync(args.device)
-        t = time.perf_counter()
-        trainer.train(m, got["train_data"], got["loss_fn"], tcfg, work / f"trainer{i}", collate_fn=got["collate_fn"],
-                      sampler_factory=got["sampler_factory"], resume=False, param_groups=groups)
+        t, c = time.perf_counter(), time.process_time()
+        trainer.train(m, got["train_data"], got["loss_fn"], tcfg.model_copy(update={"max_steps": steps}),
+                      work / name, collate_fn=got["collate_fn"], sampler_factory=got["sampler_factory"],
+                      resume=False, param_groups=groups)
         sync(args.device)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
         u1, s1 = cpu_times()
-        return wall, u1 - u0, s1 - s0
+        return wall, cpu, u1 - u0, s1 - s0
 
-    t = time.perf_counter()
-    held = [trainer.move_to_device(b, device)
-            for b in trainer.read_batches(got["train_data"], batches, got["collate_fn"])]
-    read_s = time.perf_counter() - t
-
-    def bare_run() -> float:
+    def bare_run(batches: list) -> tuple[float, float, float]:
+        """(wall s, CPU s) of the steps alone, and the CPU s of reading the batches (not in the first two)."""
         m, groups = fresh()
         m.train()
         opt = trainer._build_optimizer(tcfg, groups if groups is not None
                                        else [p for p in m.parameters() if p.requires_grad])
-        sync(args.device)
-        t = time.perf_counter()
-        for batch in held:
+        wall = cpu = read = 0.0
+        reader = trainer.read_batches(got["train_data"], batches, got["collate_fn"])
+        for _ in batches:
+            c = time.process_time()
+            batch = trainer.move_to_device(next(reader), device)
+            sync(args.device)
+            read += time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
             loss = got["loss_fn"](m, batch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(m.parameters(), tcfg.grad_clip)
             opt.step()
-        sync(args.device)
-        return time.perf_counter() - t
+            sync(args.device)
+            wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
+        return wall, cpu, read
 
-    trainer_run(-1)  # warm-up: libraries, caches, the allocator's first growth
+    warm = min(3, tcfg.max_steps or 3, len(epoch(0)))
+    step_s = trainer_run("warm-up", warm)[1] / warm  # also warms libraries, caches and the allocator
+    schedule = tcfg.max_steps or tcfg.epochs * len(epoch(0))
+    steps = int(max(1, min(args.steps, schedule, round(args.seconds / max(step_s, 1e-6)))))
+    batches, e = [], 0
+    while len(batches) < steps:
+        batches += epoch(e)
+        e += 1
+    batches = batches[:steps]
+    examples = sum(trainer._examples(b) for b in batches)
     bare, runs = [], []
-    for i in range(args.reps):
-        bare.append(bare_run())
-        runs.append(trainer_run(i))
-    best = min(runs, key=lambda r: r[0])
-    user, system = sum(r[1] for r in runs), sum(r[2] for r in runs)
+    for i in range(args.reps):  # alternating, so that a change of the machine's load hits both arms
+        bare.append(bare_run(batches))
+        runs.append(trainer_run(f"trainer{i}", steps))
+    t_wall, t_cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+    b_wall, b_cpu, read = min(r[0] for r in bare), min(r[1] for r in bare), min(r[2] for r in bare)
+    user, system = sum(r[2] for r in runs), sum(r[3] for r in runs)
 
     m, _ = fresh()
     m.train()
-    counted = held[:min(3, len(held))]
+    counted = batches[:min(3, len(batches))]
     with FlopCounterMode(display=False) as fc:
-        for batch in counted:
-            got["loss_fn"](m, batch)["loss"].backward()
-    counted_examples = sum(trainer._examples(b) for b in batches[:len(counted)])
-    flops_per_example = fc.get_total_flops() / counted_examples
+        for batch in trainer.read_batches(got["train_data"], counted, got["collate_fn"]):
+            got["loss_fn"](m, trainer.move_to_device(batch, device))["loss"].backward()
+    flops_per_example = fc.get_total_flops() / sum(trainer._examples(b) for b in counted)
 
-    out = {"system": module.TITLE, "row": row, "steps": steps, "examples": examples, "malloc_tuned": malloc,
-           "threads": torch.get_num_threads(), "device": args.device,
-           "trainer_s": best[0], "bare_s": min(bare), "read_s": read_s,
-           "samples_per_s": examples / best[0], "bare_samples_per_s": examples / min(bare),
-           "gflop_per_s": flops_per_example * examples / best[0] / 1e9,
-           "bare_gflop_per_s": flops_per_example * examples / min(bare) / 1e9,
+    out = {"system": module.TITLE, "row": row, "steps": steps, "epochs": e, "examples": examples,
+           "malloc_tuned": malloc, "threads": torch.get_num_threads(), "device": args.device,
+           "trainer_wall_s": t_wall, "trainer_cpu_s": t_cpu, "bare_wall_s": b_wall, "bare_cpu_s": b_cpu,
+           "read_cpu_s": read, "samples_per_s": examples / t_wall, "bare_samples_per_s": examples / b_wall,
+           "gflop_per_step": flops_per_example * examples / steps / 1e9,
+           # on a GPU the host's CPU time says nothing of the arithmetic: GFLOP per wall second there
+           "gflop_per_cpu_s": flops_per_example * examples / (t_wall if args.device == "cuda" else t_cpu) / 1e9,
+           "bare_gflop_per_cpu_s": flops_per_example * examples / (b_wall if args.device == "cuda" else b_cpu) / 1e9,
            "user_s": user, "sys_s": system}
     if got["evaluate"] is not None:
         m.eval()
@@ -260,20 +273,22 @@ def embedding(name: str, model, data):
     return None
 
 
-def table(results: list[dict], peak: float, device: str, threads: int) -> str:
-    head = ["system (row)", "steps", "samples/s trainer", "samples/s bare", "trainer overhead", "read %", "GFLOP/s",
-            "of matmul peak", "peak RSS", "user s", "sys % of user", "validation s", "embed posts/s"]
-    lines = [f"matmul 2048² float32 peak: {peak:.1f} GFLOP/s ({device}, {threads} thread(s))", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def table(results: list[dict], peak: dict[str, float], device: str, threads: int) -> str:
+    head = ["system (row)", "steps", "samples/s trainer", "samples/s bare", "overhead (CPU)", "overhead (wall)",
+            "read % (CPU)", "GFLOP/step", "GFLOP/CPU-s", "of matmul peak", "peak RSS", "sys % of user",
+            "validation s", "embed posts/s"]
+    lines = [f"matmul 2048² float32: {peak['cpu']:.1f} GFLOP per CPU-second, {peak['wall']:.1f} GFLOP/s wall "
+             f"({device}, {threads} thread(s))", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['system']} | error: {r['error']} |" + " |" * (len(head) - 2))
             continue
         cells = [f"{r['system']} ({r['row']})", str(r["steps"]), f"{r['samples_per_s']:.0f}",
-                 f"{r['bare_samples_per_s']:.0f}", f"{100 * (r['trainer_s'] / r['bare_s'] - 1):+.1f}%",
-                 f"{100 * r['read_s'] / r['bare_s']:.1f}%", f"{r['gflop_per_s']:.2f}",
-                 f"{100 * r['gflop_per_s'] / peak:.1f}%", f"{r['peak_rss_mib']:.0f} MiB", f"{r['user_s']:.1f}",
-                 f"{100 * r['sys_s'] / max(r['user_s'], 1e-9):.1f}%",
+                 f"{r['bare_samples_per_s']:.0f}", f"{100 * (r['trainer_cpu_s'] / r['bare_cpu_s'] - 1):+.1f}%",
+                 f"{100 * (r['trainer_wall_s'] / r['bare_wall_s'] - 1):+.1f}%",
+                 f"{100 * r['read_cpu_s'] / r['bare_cpu_s']:.1f}%", f"{r['gflop_per_step']:.2f}",
+                 f"{r['gflop_per_cpu_s']:.1f}", f"{100 * r['gflop_per_cpu_s'] / peak['cpu']:.0f}%",
+                 f"{r['peak_rss_mib']:.0f} MiB", f"{100 * r['sys_s'] / max(r['user_s'], 1e-9):.1f}%",
                  f"{r['eval_s']:.2f}" if "eval_s" in r else "–",
                  f"{r['embed_per_s']:.0f}" if "embed_per_s" in r else "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -322,8 +337,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default="/work/data/synthetic")
     p.add_argument("--systems", nargs="*", default=None, help="default: every registered system")
-    p.add_argument("--steps", type=int, default=30, help="at most this many steps (at most one epoch) per run")
-    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=400, help="at most this many steps per run")
+    p.add_argument("--seconds", type=float, default=8.0, help="aim at runs of about this many CPU seconds")
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--workdir", default=None, help="temporary run folders (default: the system's temp dir)")
@@ -345,7 +361,7 @@ def main() -> None:
     results = []
     for name in args.systems or systems.names():
         cmd = [sys.executable, __file__, "--child", name, "--corpus", args.corpus, "--steps", str(args.steps),
-               "--reps", str(args.reps), "--threads", str(args.threads), "--device", args.device]
+               "--seconds", str(args.seconds), "--reps", str(args.reps), "--threads", str(args.threads), "--device", args.device]
         if args.workdir:
             cmd += ["--workdir", args.workdir]
         t = time.perf_counter()
@@ -360,7 +376,8 @@ def main() -> None:
             print(f"{name}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     peak_after = matmul_peak(args.device)
     print(table(results, peak, args.device, args.threads))
-    print(f"\nmatmul peak again after the systems: {peak_after:.1f} GFLOP/s; load average {os.getloadavg()}; "
+    print(f"\nmatmul again after the systems: {peak_after['cpu']:.1f} GFLOP per CPU-second, {peak_after['wall']:.1f} "
+          f"GFLOP/s wall; load average {os.getloadavg()}; "
           f"malloc tuned in the children: {sorted({r.get('malloc_tuned') for r in results if 'error' not in r})}")
     if args.json:
         Path(args.json).write_text(json.dumps({"peak": peak, "peak_after": peak_after, "results": results}, indent=1))
