@@ -200,6 +200,9 @@ def child(args) -> dict[str, Any]:
     step_s = trainer_run("warm-up", warm)[1] / warm  # also warms libraries, caches and the allocator
     schedule = tcfg.max_steps or tcfg.epochs * len(epoch(0))
     steps = int(max(1, min(args.steps, schedule, round(args.seconds / max(step_s, 1e-6)))))
+    per_epoch = len(epoch(0))
+    if steps >= per_epoch and schedule >= per_epoch:  # whole epochs: per-epoch costs (sampler, checkpoint) as in a run
+        steps = min(schedule, per_epoch * max(1, round(steps / per_epoch)))
     batches, e = [], 0
     while len(batches) < steps:
         batches += epoch(e)
