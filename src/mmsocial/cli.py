@@ -387,6 +387,10 @@ def train_cmd(system: SystemName = typer.Argument(..., help="a registered system
         from mmsocial.io import check_writable_folder
 
         check_writable_folder(cfg.workdir, "run folder", create=False)
+        from mmsocial.train.resources import configure_threads, tune_malloc
+
+        tune_malloc()
+        configure_threads(cfg.threads)  # an explicit `threads:` wins; else usable CPUs minus the load
         run_dir = module.train(cfg)  # resumes a killed run with the same config (and says so)
         _save_run_config(cfg, Path(run_dir))
     except (ConfigError, CorpusError, ValueError) as e:

@@ -63,7 +63,8 @@ class TrainConfig(StrictModel):
                                   "and each validation")
     seed: int = 0
     amp: bool = Field(False, description="mixed precision (autocast + GradScaler); CUDA only")
-    num_workers: int = Field(0, ge=0)
+    num_workers: Optional[int] = Field(None, ge=0, description="DataLoader workers; None = the rule of "
+                                       "train.resources.default_workers (0 on CPU and for cached features)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
     tensorboard: bool = False
@@ -124,7 +125,7 @@ class ExperimentConfig(StrictModel):
     rows: list[str] = Field(default_factory=list, description="table rows to run; empty = every row")
     tables: list[str] = Field(default_factory=list, description="paper tables to fill; empty = every table")
     device: str = "cpu"
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is)")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: usable CPUs minus the 1-minute load average, at least 1; docs/training.md)")
 
     # Each system's Config names the rows and tables it knows; `rows` and `tables` are checked
     # against them here (an empty `tables` means every table; an empty `rows` is left to the system).

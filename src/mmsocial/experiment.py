@@ -253,10 +253,10 @@ def run_experiment(config: str | Path | Mapping[str, Any] | BaseModel,
 
     system, cfg = load_experiment_config(config, overrides)
     workdir = check_writable_folder(cfg.workdir, "experiment workdir", create=False)  # a file or read-only: fails now
-    if cfg.threads:
-        import torch
+    from mmsocial.train.resources import configure_threads, tune_malloc
 
-        torch.set_num_threads(cfg.threads)
+    tune_malloc()
+    configure_threads(cfg.threads)  # an explicit `threads:` wins; else usable CPUs minus the load
     if data is None:
         data = system.prepare(load_corpus(cfg), cfg)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,9 @@ class Config(ExperimentConfig):
     baseline_embedding: Literal["image", "both"] = Field(
         "image", description="Table 2 post embedding of CCA/KCCA/DCCA: the image view's projection "
         "(like DMAN, whose Y = f_w(V) sees the image only) or both projected views concatenated")
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: leave as is); 1 is "
-                                   "much faster than oversubscribed threads on a busy machine")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: usable CPUs minus "
+                                   "the 1-minute load average, at least 1; oversubscribed threads on a busy "
+                                   "machine are much slower than 1)")
 
     @model_validator(mode="after")
     def _check_model_and_train(self) -> "Config":
@@ -345,14 +346,14 @@ def batch_loss(loss_fn):
     return loss
 
 
-@torch.no_grad()
 def embed(model: torch.nn.Module, regions, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Y of the region grids ``regions`` (an array or a row view), in inference mode, batch by batch."""
+    from mmsocial.train.trainer import inference
+
     model.eval()
     if len(regions) == 0:
         return np.zeros((0, model.cfg.num_words), dtype=np.float32)
-    out = [model(torch.as_tensor(np.asarray(regions[a:a + batch_size], dtype=np.float32), device=device)).cpu()
-           for a in range(0, len(regions), batch_size)]
-    return torch.cat(out).numpy()
+    return inference(model, regions, batch_size, device=device).numpy()
 
 
 def train_model(data: DMANData, variant: str, cfg: Config, out_dir: Path, seed: int = 0,

@@ -346,7 +346,7 @@ def build_model(data: DU2MCEData, cfg: Config, lambdas, variant: str = "du2mce",
     return DU2MCE(mcfg, data.word_vectors, data.user_init)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed(model, data: DU2MCEData, idx: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
     """x^I and x^T of the posts ``idx`` (rows of a missing modality are meaningless) and x^U of all K users."""
     model.eval()

@@ -358,7 +358,7 @@ def finetuned_encoder(cfg: Config, data: Data, stats_images: int = 256):
     return encoder
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def semantic_vectors(model, image, text: np.ndarray, batch: int = 1024,
                      image_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """f^(I), f^(T) of the given items in float64: the softmax is taken on float64 logits, because the

@@ -354,7 +354,7 @@ class _Inputs:
                 self.users[rows].to(device))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: torch.nn.Module, inputs: _Inputs, idx: np.ndarray, batch_size: int = 256) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device

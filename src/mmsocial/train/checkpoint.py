@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import _remove_duplicate_names, load_model, save_file, save_model
 from torch import nn
 
 from mmsocial.io import TMP_MARK, atomic_folder, restore_old, write_json
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_index", "write_index", "find_checkpoint",
+__all__ = ["CheckpointError", "WeightsSnapshot", "weights_snapshot", "checkpoint_dir", "save_checkpoint", "read_index", "write_index", "find_checkpoint",
            "load_checkpoint", "load_training_state", "prune_checkpoints", "recover_checkpoints"]
 
 WEIGHTS, CONFIG, STATE, INDEX = "model.safetensors", "config.json", "state.pt", "index.json"
@@ -33,14 +34,42 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint is missing or incomplete; the message names the path."""
 
 
-def save_checkpoint(root: str | Path, step: int, model: nn.Module, state: dict[str, Any],
+@dataclass
+class WeightsSnapshot:
+    """A copy of a model's weights as ``safetensors.torch.save_model`` writes them (shared tensors
+    kept once, the dropped names in the metadata), to be written later or in another thread."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: Optional[dict[str, str]]
+
+
+def weights_snapshot(model: nn.Module) -> WeightsSnapshot:
+    state_dict = model.state_dict()
+    metadata: Optional[dict[str, str]] = None
+    for kept_name, removed in _remove_duplicate_names(state_dict).items():
+        for name in removed:
+            metadata = metadata or {}
+            metadata.setdefault(name, kept_name)
+            del state_dict[name]
+    return WeightsSnapshot({k: v.detach().contiguous().clone() for k, v in state_dict.items()}, metadata)
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:08d}"
+
+
+def save_checkpoint(root: str | Path, step: int, model: "nn.Module | WeightsSnapshot", state: dict[str, Any],
                     config: dict[str, Any]) -> Path:
-    """Write ``root/step_{step:08d}`` atomically and return it (an existing one is replaced)."""
+    """Write ``root/step_{step:08d}`` atomically and return it (an existing one is replaced).
+    ``model``: the model, or a ``weights_snapshot`` of it (the same file)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
+    final = checkpoint_dir(root, step)
     with atomic_folder(final) as tmp:  # fsync'ed and renamed when complete (mmsocial.io)
-        save_model(model, str(tmp / WEIGHTS))
+        if isinstance(model, WeightsSnapshot):
+            save_file(model.tensors, str(tmp / WEIGHTS), metadata=model.metadata)
+        else:
+            save_model(model, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
         torch.save(state, tmp / STATE)
     return final

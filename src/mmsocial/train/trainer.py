@@ -15,6 +15,11 @@ changes the training stream. A run killed and resumed reaches the same parameter
 Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel: each
 rank takes a disjoint share of every global batch (batch_size per rank), rank 0 evaluates,
 logs and writes checkpoints, and the stop decision is broadcast.
+
+Throughput (docs/training.md, "Throughput"): glibc malloc is tuned once per process
+(``resources.tune_malloc``); with no DataLoader workers a batch of cached features is read whole
+(``FeatureDataset.read``, ``TensorDataset`` indexing, ``__getitems__``) instead of item by item;
+checkpoints are written by a background thread from a copy of the weights and training state.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +39,18 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from mmsocial.config import ConfigError, TrainConfig, load_config, save_config
-from mmsocial.train.checkpoint import (load_training_state, prune_checkpoints, read_index,
-                                       recover_checkpoints, save_checkpoint, write_index)
+from mmsocial.train.checkpoint import (checkpoint_dir, load_training_state, prune_checkpoints, read_index,
+                                       recover_checkpoints, save_checkpoint, weights_snapshot, write_index)
+from mmsocial.train.data import FeatureDataset
 from mmsocial.train.distributed import (DistInfo, barrier, broadcast_object, epoch_batches,
                                         gather_objects, init_distributed, shutdown_distributed)
+from mmsocial.train.resources import default_workers, tune_malloc
 
-__all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device"]
+__all__ = ["TrainResult", "train", "lr_factor", "unwrap_model", "move_to_device", "inference", "read_batches"]
 
 log = logging.getLogger(__name__)
 # settings that only say how long or how verbosely to train: changing them continues a run
@@ -238,11 +246,113 @@ def _check_finite(values: Mapping[str, float], step: int, epoch: int) -> None:
                                  "lower train.lr, set train.grad_clip, or check the inputs for NaN")
 
 
+def read_batches(dataset: Dataset, batches: Sequence[Any], collate_fn: Optional[Callable] = None) -> Iterable[Any]:
+    """The batches a DataLoader without workers would give, each read whole: ``FeatureDataset.read``
+    and tensor indexing of a ``TensorDataset`` (with the default collation: the same tensors as
+    stacking the items), else ``__getitems__`` or the items, then ``collate_fn``."""
+    if collate_fn is None and isinstance(dataset, FeatureDataset):
+        return (dataset.read(b) for b in batches)
+    if collate_fn is None and isinstance(dataset, TensorDataset):
+        return ([t[torch.as_tensor(b, dtype=torch.long)] for t in dataset.tensors] for b in batches)
+    collate = collate_fn or default_collate
+    if getattr(dataset, "__getitems__", None):
+        return (collate(dataset.__getitems__(b)) for b in batches)
+    return (collate([dataset[i] for i in b]) for b in batches)
+
+
+def _rows(data: Any, a: int, b: int) -> Any:
+    if isinstance(data, FeatureDataset):
+        return data.read(np.arange(a, b))
+    if isinstance(data, TensorDataset):
+        return [t[a:b] for t in data.tensors]
+    return data[a:b]
+
+
+def _as_tensor(x: Any) -> Any:
+    if isinstance(x, np.ndarray) or (not isinstance(x, (torch.Tensor, Mapping, list, tuple)) and hasattr(x, "__array__")):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f"
+                             else np.ascontiguousarray(x))
+    return x
+
+
+@torch.inference_mode()
+def inference(model: nn.Module, data: Any, batch_size: int = 256, fn: Optional[Callable] = None,
+              device: Optional[str | torch.device] = None) -> torch.Tensor:
+    """``fn(model, batch)`` (default ``model(batch)``) over consecutive batches of ``data`` in eval
+    mode under ``torch.inference_mode``, concatenated on the CPU. ``data``: anything sliceable by
+    rows (array, tensor, memmap, a row view) or a FeatureDataset / TensorDataset (read a whole
+    batch at a time, as in training); numpy floats become float32 tensors. The model's train/eval
+    mode is restored afterwards."""
+    n = len(data)
+    if n == 0:
+        raise ValueError("inference: no rows to run the model on")
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for a in range(0, n, batch_size):
+            batch = move_to_device(_as_tensor(_rows(data, a, min(a + batch_size, n))), torch.device(device))
+            y = fn(model, batch) if fn is not None else model(batch)
+            out.append(y.float().cpu() if y.dtype != torch.float64 else y.cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy of nested dicts, lists and tuples whose tensors are cloned (a state dict, for a checkpoint
+    written in the background). Exact type checks: ``isinstance(x, Mapping)`` on every leaf of a
+    large state cost a measurable share of short steps (EISR)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    kind = type(obj)
+    if kind is dict:
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if kind is list or kind is tuple:
+        return kind(_snapshot(v) for v in obj)
+    return obj
+
+
+class _CheckpointWriter:
+    """Writes one checkpoint at a time in a background thread, so the step loop does not wait on the
+    disk. ``submit`` joins the previous write first (and re-raises its error), so checkpoints are
+    written and indexed in step order; ``join`` at the end and on any exit. Kill safety is the
+    checkpoint module's: a folder is renamed into place when complete, then the index is replaced."""
+
+    def __init__(self, background: bool = True):
+        self.background, self._thread, self._error = background, None, None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.join()
+        if not self.background:
+            work()
+            return
+
+        def run():
+            try:
+                work()
+            except BaseException as e:  # handed to the training thread at its next join
+                self._error = e
+        self._thread = threading.Thread(target=run, name="mmsocial-checkpoint", daemon=False)
+        self._thread.start()
+
+    def join(self, raise_error: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None and raise_error:
+            e, self._error = self._error, None
+            raise e
+
+
 def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConfig | Mapping | str | Path,
           out_dir: str | Path, evaluate: Optional[EvalFn] = None, collate_fn: Optional[Callable] = None,
           sampler_factory: Optional[SamplerFactory] = None, resume: "bool | str" = True,
           param_groups: Optional[Sequence[dict]] = None,
-          run_config: Optional[Mapping[str, Any]] = None) -> TrainResult:
+          run_config: Optional[Mapping[str, Any]] = None, background_checkpoints: bool = True) -> TrainResult:
     """Train ``model`` on ``train_data``; see the module docstring and docs/training.md.
 
     sampler_factory(epoch, rank, world_size) -> this rank's batches of dataset indices, for
@@ -255,7 +365,9 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
     last checkpoint in ``out_dir`` (a ConfigError when it cannot be continued exactly); "auto"
     continues when the configuration (train settings other than RUN_LENGTH_FIELDS, run_config,
     data) is the one of the checkpoint and otherwise starts over, giving the reason in
-    ``TrainResult.restart_reason``; False starts over.
+    ``TrainResult.restart_reason``; False starts over. background_checkpoints: write each checkpoint
+    in a background thread from a copy of the weights and state (False: in the step loop; the
+    files are the same).
     """
     if resume not in (True, False, "auto"):
         raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
@@ -269,10 +381,12 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
     from mmsocial.io import check_writable_folder
 
     check_writable_folder(out_dir, "run folder")  # a file or a read-only path: a ValueError naming it
+    tune_malloc()
     info = init_distributed(cfg.device)
     try:
         result = _train(model, train_data, loss_fn, cfg, Path(out_dir), evaluate, collate_fn,
-                        sampler_factory, resume, param_groups, dict(run_config or {}), info)
+                        sampler_factory, resume, param_groups, dict(run_config or {}), info,
+                        background_checkpoints)
         barrier(info)  # no rank tears gloo down while another still has a collective in flight
         return result
     finally:
@@ -280,7 +394,8 @@ def train(model: nn.Module, train_data: Dataset, loss_fn: LossFn, cfg: TrainConf
 
 
 def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate, collate_fn,
-           sampler_factory, resume, param_groups, run_config, info: DistInfo) -> TrainResult:
+           sampler_factory, resume, param_groups, run_config, info: DistInfo,
+           background_checkpoints: bool = True) -> TrainResult:
     t0 = time.perf_counter()
     device, es = info.device, cfg.early_stopping
     ckpt_root = out_dir / "checkpoints"
@@ -380,25 +495,36 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
             writer = SummaryWriter(str(out_dir / "tensorboard"),
                                    purge_step=resumed_from + 1 if resumed_from is not None else None)
 
+    writer_thread = _CheckpointWriter(background=background_checkpoints)
+
     def checkpoint(improved: bool) -> None:
         nonlocal last_dir, best_dir
         rng = gather_objects(_rng_state(device), info)
         if not info.is_main:
             return
+        # everything the write needs is copied now (the RNG states and meter states are new objects
+        # already); the step loop goes on while a thread writes it
         state = {"step": step, "epoch": epoch, "pos": pos, "examples": examples,
-                 "world_size": info.world_size, "data_key": data_key,
-                 "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng,
+                 "world_size": info.world_size, "data_key": list(data_key),
+                 "optimizer": _snapshot(optimizer.state_dict()),
+                 "scaler": _snapshot(scaler.state_dict()) if scaler is not None else None, "rng": rng,
                  "best_metric": best, "best_step": best_step, "bad_evals": bad_evals,
-                 "last_eval_step": last_eval_step, "stopped_early": stopped, "history": history,
+                 "last_eval_step": last_eval_step, "stopped_early": stopped,
+                 "history": [dict(row) for row in history],
                  "log_meter": log_meter.state(), "eval_meter": eval_meter.state()}
-        config = {"train": cfg.model_dump(mode="json"), "run": run_config, "step": step, "epoch": epoch,
+        config = {"train": cfg.model_dump(mode="json"), "run": _snapshot(run_config), "step": step, "epoch": epoch,
                   "metric": es.metric, "value": history[-1].get(es.metric) if history and es.metric else None}
-        last_dir = save_checkpoint(ckpt_root, step, model, state, config)
+        weights = weights_snapshot(model)
+        last_dir = checkpoint_dir(ckpt_root, step)
         if improved:
             best_dir = last_dir
-        write_index(ckpt_root, last_dir, best_dir)
-        prune_checkpoints(ckpt_root, {p.name for p in (last_dir, best_dir) if p is not None})
+        at, last, best_now = step, last_dir, best_dir
+
+        def write() -> None:
+            save_checkpoint(ckpt_root, at, weights, state, config)
+            write_index(ckpt_root, last, best_now)
+            prune_checkpoints(ckpt_root, {p.name for p in (last, best_now) if p is not None})
+        writer_thread.submit(write)
 
     def validate() -> tuple[dict[str, Any], bool]:
         nonlocal best, best_step, bad_evals, stopped
@@ -436,71 +562,80 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
 
     pbar = tqdm(total=int(total_steps), initial=step,
                 disable=not (info.is_main and cfg.progress), desc="train", dynamic_ncols=True)
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(train_data, device.type)
     model.train()
-    while not stopped and step < max_steps and epoch < cfg.epochs:
-        batches = batches_for(epoch)
-        loader_seed = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
-        loader = DataLoader(train_data, batch_sampler=batches[pos:], collate_fn=collate_fn,
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            generator=loader_seed)
-        for batch_indices_len, batch in zip((_examples(b) for b in batches[pos:]), loader):
-            batch = move_to_device(batch, device)
-            factor = lr_factor(cfg, step, epoch, int(total_steps))
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * factor
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                entries = _loss_entries(loss_fn(train_model, batch), step)
-            loss = entries["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+    try:
+        while not stopped and step < max_steps and epoch < cfg.epochs:
+            batches = batches_for(epoch)
+            if workers == 0:
+                loader = read_batches(train_data, batches[pos:], collate_fn)
             else:
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            step, pos, examples = step + 1, pos + 1, examples + batch_indices_len * info.world_size
-            log_meter.add(entries)
-            eval_meter.add(entries)
-            pbar.update(1)
+                loader_seed = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
+                loader = DataLoader(train_data, batch_sampler=batches[pos:], collate_fn=collate_fn,
+                                    num_workers=workers, pin_memory=device.type == "cuda",
+                                    generator=loader_seed)
+            for batch_indices_len, batch in zip((_examples(b) for b in batches[pos:]), loader):
+                batch = move_to_device(batch, device)
+                factor = lr_factor(cfg, step, epoch, int(total_steps))
+                for g in optimizer.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    entries = _loss_entries(loss_fn(train_model, batch), step)
+                loss = entries["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                step, pos, examples = step + 1, pos + 1, examples + batch_indices_len * info.world_size
+                log_meter.add(entries)
+                eval_meter.add(entries)
+                pbar.update(1)
 
-            if step % cfg.log_every == 0:
-                means = log_meter.means()
-                _check_finite(means, step, epoch)
-                if info.is_main:
-                    train_log.write({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **means})
-                    pbar.set_postfix(loss=f"{means['loss']:.4g}")
-                    if writer is not None:
-                        for k, v in means.items():
-                            writer.add_scalar(f"train/{k}", v, step)
-                log_meter = _Meter()
+                if step % cfg.log_every == 0:
+                    means = log_meter.means()
+                    _check_finite(means, step, epoch)
+                    if info.is_main:
+                        train_log.write({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **means})
+                        pbar.set_postfix(loss=f"{means['loss']:.4g}")
+                        if writer is not None:
+                            for k, v in means.items():
+                                writer.add_scalar(f"train/{k}", v, step)
+                    log_meter = _Meter()
 
-            end_of_epoch = pos == len(batches)
-            if end_of_epoch:
-                epoch, pos = epoch + 1, 0
-            at_limit = step >= max_steps or epoch >= cfg.epochs
-            do_eval = (cfg.eval_every > 0 and step % cfg.eval_every == 0) or \
-                      (cfg.eval_every == 0 and end_of_epoch) or at_limit
-            improved = False
-            if do_eval and step != last_eval_step:
-                _check_finite(eval_meter.means(), step, epoch)
-                if info.is_main:
-                    _, improved = validate()
-                last_eval_step = step
-                eval_meter = _Meter()
-                stopped = broadcast_object(stopped, info)
-            save = do_eval or at_limit or stopped or (
-                cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
-                cfg.checkpoint_every == 0 and end_of_epoch)
-            if save:
-                checkpoint(improved)
-            if stopped or at_limit:
-                break
+                end_of_epoch = pos == len(batches)
+                if end_of_epoch:
+                    epoch, pos = epoch + 1, 0
+                at_limit = step >= max_steps or epoch >= cfg.epochs
+                do_eval = (cfg.eval_every > 0 and step % cfg.eval_every == 0) or \
+                          (cfg.eval_every == 0 and end_of_epoch) or at_limit
+                improved = False
+                if do_eval and step != last_eval_step:
+                    _check_finite(eval_meter.means(), step, epoch)
+                    if info.is_main:
+                        _, improved = validate()
+                    last_eval_step = step
+                    eval_meter = _Meter()
+                    stopped = broadcast_object(stopped, info)
+                save = do_eval or at_limit or stopped or (
+                    cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
+                    cfg.checkpoint_every == 0 and end_of_epoch)
+                if save:
+                    checkpoint(improved)
+                if stopped or at_limit:
+                    break
+    except BaseException:
+        writer_thread.join(raise_error=False)  # a checkpoint of a completed step is finished, not cut
+        raise
+    writer_thread.join()
     pbar.close()
     if writer is not None:
         writer.close()
