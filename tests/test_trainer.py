@@ -85,6 +85,24 @@ def test_early_stopping_keeps_best_checkpoint(tmp_path):
     assert again.steps == 15 and again.stopped_early  # a finished run resumes to its end at once
 
 
+def test_explicit_checkpoint_every_saves_only_improving_validations(tmp_path, monkeypatch):
+    import mmsocial.train.trainer as trainer_module
+
+    written = []
+    save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda root, step, *a, **k: written.append(step) or save(root, step, *a, **k))
+    scores = iter([0.5, 0.9, 0.8, 0.85, 0.7])
+    conf = dict(epochs=50, max_steps=15, eval_every=3, early_stopping={"metric": "acc", "patience": 100})
+    res = train(make_model(), make_data(64), mse_loss, cfg(**conf, checkpoint_every=100), tmp_path / "sparse",
+                evaluate=lambda m: {"acc": next(scores)})
+    assert written == [3, 6, 15] and res.best_step == 6  # steps 9 and 12 validated without gain
+    scores, written[:] = iter([0.5, 0.9, 0.8, 0.85, 0.7]), []
+    train(make_model(), make_data(64), mse_loss, cfg(**conf), tmp_path / "every",
+          evaluate=lambda m: {"acc": next(scores)})
+    assert written == [3, 6, 8, 9, 12, 15]  # checkpoint_every 0: every validation and epoch end (8 steps)
+
+
 def test_resume_after_max_steps_is_bit_identical(tmp_path):
     data = make_data(60)  # 8 batches an epoch, the last one short
     conf = dict(epochs=3, momentum=0.9, nesterov=True, lr_schedule="step", step_size=1, gamma=0.5,

@@ -60,7 +60,8 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch "
-                                  "and each validation")
+                                  "and each validation. When set, a validation also writes one if it "
+                                  "improved the early-stopping metric (the best checkpoint)")
     seed: int = 0
     amp: bool = Field(False, description="mixed precision (autocast + GradScaler); CUDA only")
     num_workers: Optional[int] = Field(None, ge=0, description="DataLoader workers; None = the rule of "

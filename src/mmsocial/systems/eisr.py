@@ -402,7 +402,7 @@ def train_eisr(data: Data, row: str, cfg: Config, out_dir: Path, seed: int):
                         "batch_size": m.batch_size, "optimizer": "sgd", "lr": m.lr_new, "momentum": m.momentum,
                         "weight_decay": m.weight_decay, "lr_schedule": "halfway", "seed": seed,
                         "device": cfg.device, "progress": cfg.progress, "eval_every": cfg.eval_every,
-                        "log_every": cfg.eval_every,
+                        "log_every": cfg.eval_every, "checkpoint_every": cfg.eval_every,
                         "early_stopping": {"metric": None if selection == "last" else selection,
                                            "mode": "min" if selection == "val_loss" else "max",
                                            "patience": 10 ** 6}}, TrainConfig)

@@ -391,6 +391,8 @@ def train_network(row: str, seed: int, data: Data, cfg: Config, out_dir: Path,
     tcfg = {"epochs": max(1, -(-s.max_steps // steps_per_epoch)), "max_steps": s.max_steps,
             "batch_size": s.batch_size, "optimizer": "adam", "lr": s.lr, "seed": seed, "device": cfg.device,
             "eval_every": s.eval_every, "progress": cfg.progress, "log_every": max(1, s.eval_every),
+            # rows are never resumed: checkpoints only keep the best validation (and the last step)
+            "checkpoint_every": s.max_steps,
             "early_stopping": {"metric": "val_mse", "mode": "min", "patience": s.patience}}
     result = train(model, FeatureDataset({"row": np.arange(len(tr))}), loss_fn, tcfg, out_dir, evaluate=evaluate,
                    resume=False, run_config={"row": row, "uhan": getattr(model.cfg, "to_dict", lambda: {})()})

@@ -625,7 +625,9 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
                     last_eval_step = step
                     eval_meter = _Meter()
                     stopped = broadcast_object(stopped, info)
-                save = do_eval or at_limit or stopped or (
+                # with an explicit checkpoint_every, a validation writes a checkpoint only when it improved
+                # (the best one is kept); a resume from an earlier checkpoint replays the steps exactly
+                save = (do_eval and (improved or cfg.checkpoint_every == 0)) or at_limit or stopped or (
                     cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
                     cfg.checkpoint_every == 0 and end_of_epoch)
                 if save:
