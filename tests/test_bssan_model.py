@@ -154,3 +154,42 @@ def test_bad_shapes_and_lengths_are_errors():
         m(R, O[..., :2], T, lengths)
     with pytest.raises(ValueError, match="lengths"):
         m(R, O, T, torch.tensor([0, 1, 2, 3, 4]))
+
+
+@pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w"])
+def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant):
+    """Captions sharing a prefix (one a prefix of another, one a duplicate) share their W2R recurrence in
+    the fast path; arbitrary (image, caption) pairs (not a block) take the image-by-image path."""
+    m = _model(variant, seed=4)
+    m.train()
+    R, O, T, lengths = _inputs(m.cfg, n=6, seed=5, lengths=[8, 8, 5, 3, 8, 1])
+    m(R, O, T, lengths)["score"].sum().backward()  # batch-norm running statistics move off the identity
+    m.eval()
+    T = T.clone()
+    T[1, :2] = T[0, :2]  # caption 1 shares its first two words with caption 0
+    T[2, :5] = T[0, :5]  # caption 2 is caption 0's first five words
+    T[3, :3] = T[1, :3]  # caption 3 is caption 1's first three words
+    T[4] = T[0]  # caption 4 repeats caption 0
+    T[5, :1] = T[0, :1]
+    T = T * word_mask(lengths, m.cfg.max_length)[..., None]
+    with torch.inference_mode():
+        naive = torch.stack([torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["score"][0]
+                                          for c in range(6)]) for i in range(6)])
+        images, captions = m.encode_images(R, O), m.encode_captions(T, lengths)
+        for share in (True, False):
+            m.share_prefixes = share
+            ii, cc = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+            block = m.pair_scores(images, captions, ii.reshape(-1), cc.reshape(-1)).view(6, 6)
+            torch.testing.assert_close(block, naive, atol=1e-5, rtol=1e-5)
+            g = torch.Generator().manual_seed(int(share))
+            img, cap = torch.randint(0, 6, (17,), generator=g), torch.randint(0, 6, (17,), generator=g)
+            torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(naive[:, 4], naive[:, 0])
+
+
+def test_fast_path_needs_eval_mode():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    m.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        m.encode_images(R, O)

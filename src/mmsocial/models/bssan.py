@@ -160,25 +160,81 @@ class O2WAttention(nn.Module):
 
 
 class ImageCache(NamedTuple):
-    """Per-image terms of the fast path (rows = images)."""
+    """Per-image terms of the fast path (rows = images), for the model in eval mode."""
 
-    R: Tensor  # (N, D, M) regions
     WR: Tensor  # (N, D, E) W r_j of Eq. 2
-    RU: Tensor  # (N, D, 4H) region half of the LSTM input projection: α RU = W_ih^u u_k (Eq. 3)
-    O: Tensor  # (N, P, Q) objects
+    RU: Tensor  # (N, D, 4H) region half of the LSTM input projection, gate columns in the order (i, f, o, g)
     OW: Tensor  # (N, P, B) o_jᵀ W of Eq. 10
-    OC: Tensor  # (N, P, h1) object half of the O2W MLP's first layer on c_j = [o_j; u_j]
+    OC: Tensor  # (N, P, h1) object half of the O2W MLP's first layer on c_j = [o_j; u_j], batch norm folded in
 
 
 class CaptionCache(NamedTuple):
-    """Per-caption terms of the fast path (rows = captions)."""
+    """Per-caption terms of the fast path (rows = captions), for the model in eval mode."""
 
     T: Tensor  # (C, L, E) word vectors
     lengths: Tensor  # (C,)
     mask: Tensor  # (C, L)
-    TX: Tensor  # (C, L, 4H) word half of the LSTM input projection + biases
+    TX: Tensor  # (C, L, 4H) word half of the LSTM input projection + biases, gate order (i, f, o, g)
     S: Tensor  # (C, L, B) BiLSTM states (Eq. 9-11)
-    SC: Tensor  # (C, L, h1) word-state half of the O2W MLP's first layer
+    SC: Tensor  # (C, L, h1) word-state half of the O2W MLP's first layer + bias, batch norm folded in
+
+
+class _Level(NamedTuple):
+    """Depth k of the prefix tree of a caption set: one node per distinct (k+1)-word prefix."""
+
+    rep: Tensor  # (n_k,) a caption (index into the set) through each node
+    parent: Tensor  # (n_k,) node at depth k-1 of each node
+    end_caps: Tensor  # positions (in the set) of the captions of length k+1
+    end_nodes: Tensor  # their node at depth k
+
+
+def prefix_tree(words: Tensor, lengths: Tensor) -> list[_Level]:
+    """The distinct prefixes of a caption set, depth by depth. W2R's LSTM state after word k depends on the
+    image and the words 1..k only (Eq. 1-4), so captions that share a prefix share it for every image."""
+    n = len(lengths)
+    node = torch.zeros(n, dtype=torch.long)
+    levels = []
+    for k in range(int(lengths.max())):
+        alive = torch.nonzero(lengths > k).squeeze(1)
+        width = int(words[alive, k].max()) + 1
+        key = node[alive] * width + words[alive, k]
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        node = node.clone()
+        node[alive] = inverse
+        rep = torch.empty(len(uniq), dtype=torch.long).scatter_(0, inverse, alive)
+        ends = alive[lengths[alive] == k + 1]
+        levels.append(_Level(rep, uniq // width, ends, node[ends]))
+    return levels
+
+
+def _fold_mlp(mlp: nn.Sequential) -> list[tuple[Tensor, Tensor, bool]]:
+    """An eval-mode tanh MLP as (weight, bias, tanh?) per layer, each batch norm folded into the linear
+    layer before it (the same affine map, evaluated once instead of per pair)."""
+    out: list[list] = []
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            out.append([layer.weight, layer.bias, False])
+        elif isinstance(layer, nn.BatchNorm1d):
+            scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+            w, b, _ = out[-1]
+            out[-1] = [w * scale[:, None], (b - layer.running_mean) * scale + layer.bias, False]
+        elif isinstance(layer, nn.Tanh):
+            out[-1][2] = True
+    return [tuple(x) for x in out]
+
+
+def _run_folded(layers, x: Tensor) -> Tensor:
+    for w, b, act in layers:
+        x = torch.addmm(b, x, w.T)
+        if act:
+            x = x.tanh_()
+    return x
+
+
+def _gate_order(x: Tensor, hidden: int) -> Tensor:
+    """PyTorch's LSTM gate rows (i, f, g, o) reordered to (i, f, o, g): one sigmoid over 3H, one tanh over H."""
+    i, f, g, o = x.split(hidden, dim=0)
+    return torch.cat([i, f, o, g])
 
 
 class W2R(nn.Module):
@@ -203,21 +259,6 @@ class W2R(nn.Module):
         """W_ih = [W_u | W_t] (the input is [u; t]) and b = b_ih + b_hh."""
         w = self.lstm.weight_ih_l0
         return w[:, : self.region_dim], w[:, self.region_dim:], self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
-
-    def recurrence(self, X: Tensor, lengths: Tensor) -> Tensor:
-        """LSTM over pre-projected inputs X (B, L, 4H); returns the hidden state at each row's last word."""
-        H = self.lstm.hidden_size
-        w_hh = self.lstm.weight_hh_l0.T
-        h = X.new_zeros(len(X), H)
-        c = X.new_zeros(len(X), H)
-        out = X.new_zeros(len(X), H)
-        for k in range(int(lengths.max())):
-            gates = X[:, k] + h @ w_hh
-            i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out = torch.where((lengths == k + 1)[:, None], h, out)
-        return out
 
 
 class O2W(nn.Module):
@@ -248,19 +289,40 @@ class O2W(nn.Module):
         y = self.mlp(c.flatten(0, 1)).view(len(O), -1)  # Eq. 13: y'_j
         return y.mean(1), beta  # Eq. 14: Y'_i
 
-    def first_layer_split(self) -> tuple[Tensor, Tensor, Tensor]:
-        first = self.mlp[0]
-        return first.weight[:, : self.object_dim], first.weight[:, self.object_dim:], first.bias
-
 
 class BSSAN(nn.Module):
-    """Eq. 19: MS(V, T) = f_w2r(V, T) + λ f_o2w(V, T); a variant without one network drops its term."""
+    """Eq. 19: MS(V, T) = f_w2r(V, T) + λ f_o2w(V, T); a variant without one network drops its term.
+
+    Regions and objects are standardised per channel with statistics kept in the model (buffers
+    ``region_mean``/``region_std``, ``object_mean``/``object_std``; identity until
+    ``set_input_statistics`` is called with training features; a deviation, see docs/bssan.md)."""
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
         self.cfg = cfg
         self.w2r = W2R(cfg) if cfg.w2r else None
         self.o2w = O2W(cfg) if cfg.o2w else None
+        self.register_buffer("region_mean", torch.zeros(cfg.region_dim))
+        self.register_buffer("region_std", torch.ones(cfg.region_dim))
+        self.register_buffer("object_mean", torch.zeros(cfg.object_dim))
+        self.register_buffer("object_std", torch.ones(cfg.object_dim))
+        self._memo: dict[str, tuple] = {}
+        self.share_prefixes = True  # fast path: one W2R recurrence per distinct caption prefix (False: per caption)
+
+    def set_input_statistics(self, R: Tensor, O: Tensor) -> None:
+        """Per-channel mean and std of regions (N, D, M) and objects (N, P, Q), e.g. of the training images."""
+        with torch.no_grad():
+            for name, X, dim in (("region", R, self.cfg.region_dim), ("object", O, self.cfg.object_dim)):
+                if X.dim() != 3 or X.shape[2] != dim:
+                    raise ValueError(f"set_input_statistics: {name}s must be (N, ·, {dim}), got {tuple(X.shape)}")
+                flat = X.reshape(-1, dim).double()
+                getattr(self, f"{name}_mean").copy_(flat.mean(0))
+                getattr(self, f"{name}_std").copy_(flat.std(0).clamp_min(1e-6))
+
+    def standardize(self, R: Tensor, O: Tensor) -> tuple[Tensor, Tensor]:
+        R = (R - self.region_mean) / self.region_std if self.w2r is not None else R
+        O = (O - self.object_mean) / self.object_std if self.o2w is not None else O
+        return R, O
 
     # ------------------------------------------------------------------ the paper's path
     def forward(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor,
@@ -271,6 +333,7 @@ class BSSAN(nn.Module):
         self._check(R, O, T, lengths)
         if uniform is not None and self.cfg.negative_attention == "softmax":
             uniform = None
+        R, O = self.standardize(R, O)
         zeros = T.new_zeros(len(T))
         f_w2r, alpha = self.w2r(R, T, lengths, uniform) if self.w2r is not None else (zeros, None)
         f_o2w, beta = self.o2w(O, T, lengths, uniform) if self.o2w is not None else (zeros, None)
@@ -278,31 +341,40 @@ class BSSAN(nn.Module):
                 "alpha": alpha, "beta": beta}
 
     # ------------------------------------------------------------------ the fast path (same function)
+    def _eval_only(self) -> None:
+        if self.training:
+            raise RuntimeError("BSSAN's fast path (encode_images / encode_captions / pair_scores) folds the "
+                               "batch norms' running statistics in: call model.eval() first")
+
     def encode_images(self, R: Tensor, O: Tensor) -> ImageCache:
         """Everything of Eq. 1-19 that depends on the image only, once per image."""
+        self._eval_only()
+        R, O = self.standardize(R, O)
         empty = R.new_zeros(len(R), 0, 0)
         WR = RU = OW = OC = empty
         if self.w2r is not None:
             w_u, _, _ = self.w2r.lstm_input_split()
-            WR, RU = self.w2r.attention.project_regions(R), R @ w_u.T
+            WR, RU = self.w2r.attention.project_regions(R), R @ _gate_order(w_u, self.cfg.w2r_lstm).T
         if self.o2w is not None:
-            w_o, _, _ = self.o2w.first_layer_split()
-            OW, OC = self.o2w.attention.project_objects(O), O @ w_o.T
-        return ImageCache(R, WR, RU, O, OW, OC)
+            w1, _, _ = _fold_mlp(self.o2w.mlp)[0]
+            OW, OC = self.o2w.attention.project_objects(O), O @ w1[:, : self.cfg.object_dim].T
+        return ImageCache(WR, RU, OW, OC)
 
     def encode_captions(self, T: Tensor, lengths: Tensor) -> CaptionCache:
         """Everything that depends on the caption only, once per caption (BiLSTM states included)."""
+        self._eval_only()
         _check_lengths(lengths, T.shape[1])
         mask = word_mask(lengths, T.shape[1])
         empty = T.new_zeros(len(T), 0, 0)
         TX = S = SC = empty
         if self.w2r is not None:
             _, w_t, b = self.w2r.lstm_input_split()
-            TX = T @ w_t.T + b
+            H = self.cfg.w2r_lstm
+            TX = T @ _gate_order(w_t, H).T + _gate_order(b, H)
         if self.o2w is not None:
-            _, w_s, b1 = self.o2w.first_layer_split()
+            w1, b1, _ = _fold_mlp(self.o2w.mlp)[0]
             S = self.o2w.states(T, lengths)
-            SC = S @ w_s.T + b1
+            SC = S @ w1[:, self.cfg.object_dim:].T + b1
         return CaptionCache(T, lengths, mask, TX, S, SC)
 
     def pair_scores(self, images: ImageCache, captions: CaptionCache, image_idx: Tensor, caption_idx: Tensor,
@@ -310,34 +382,104 @@ class BSSAN(nn.Module):
         """Eq. 19 for the pairs (images[image_idx[n]], captions[caption_idx[n]]) from the caches.
 
         Equals ``forward`` on the same pairs (eval mode) up to float rounding. The pairs are grouped by
-        image so that the image terms are never copied per pair: per image one matrix product gives the
-        LSTM inputs of all its captions; then one LSTM recurrence and the MLPs run over every pair at once.
+        image; when every image of the call has the same captions (a block of the full score matrix) the
+        block is scored at once, else image by image (``score_block``).
         """
-        cfg = self.cfg
-        order = torch.argsort(image_idx, stable=True)
+        self._eval_only()
+        image_idx, caption_idx = image_idx.long(), caption_idx.long()
+        order = torch.argsort(image_idx * (len(captions.lengths) + 1) + caption_idx)
         img, cap = image_idx[order], caption_idx[order]
-        lengths = captions.lengths[cap]
-        L = int(lengths.max())
         uniq, counts = torch.unique_consecutive(img, return_counts=True)
-        ends = torch.cumsum(counts, 0).tolist()
-        starts = [0] + ends[:-1]
         n = len(img)
-        X = images.R.new_empty(n, L, images.RU.shape[-1]) if self.w2r is not None else None
-        first = images.R.new_empty(n, images.OC.shape[1], images.OC.shape[-1]) if self.o2w is not None else None
-        for i, a, b in zip(uniq.tolist(), starts, ends):
-            c = cap[a:b]
-            if X is not None:
-                alpha = self.w2r.attention.weights(captions.T[c, :L], images.WR[i:i + 1])  # Eq. 1-2
-                X[a:b] = alpha @ images.RU[i] + captions.TX[c, :L]  # W_ih [u_k; t_k] + b, u_k = α^k R (Eq. 3)
-            if first is not None:
-                beta = self.o2w.attention.weights(images.OW[i:i + 1], captions.S[c, :L], captions.mask[c, :L])  # Eq. 9-10
-                first[a:b] = beta @ captions.SC[c, :L] + images.OC[i]  # layer 1 on [o_j; u_j] (Eq. 11, 13)
-        zeros = images.R.new_zeros(n)
-        f_w2r = self.w2r.mlp(self.w2r.recurrence(X, lengths)).squeeze(-1) if X is not None else zeros
-        f_o2w = self.o2w.mlp[1:](first.flatten(0, 1)).view(n, -1).mean(1) if first is not None else zeros  # Eq. 14
-        score = f_w2r + cfg.lam * f_o2w  # Eq. 19
-        out = [torch.empty_like(v).index_copy_(0, order, v) for v in (score, f_w2r, f_o2w)]
-        return tuple(out) if return_parts else out[0]
+        parts = torch.empty(3, n, dtype=captions.T.dtype, device=captions.T.device)
+        groups = cap.view(len(uniq), -1) if bool((counts == counts[0]).all()) else None
+        if groups is not None and bool((groups == groups[:1]).all()):
+            parts[:] = self.score_block(images, captions, uniq, groups[0]).flatten(1)
+        else:
+            a = 0
+            for i, m in zip(uniq.tolist(), counts.tolist()):
+                parts[:, a:a + m] = self.score_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[:, 0]
+                a += m
+        out = torch.empty_like(parts).index_copy_(1, order, parts)
+        return (out[0], out[1], out[2]) if return_parts else out[0]
+
+    def score_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                    caption_rows: Tensor) -> Tensor:
+        """(3, G, n): score (Eq. 19), f_w2r and f_o2w of every pair of G images x n captions."""
+        self._eval_only()
+        G, n = len(image_rows), len(caption_rows)
+        zeros = captions.T.new_zeros(G, n)
+        f_w2r = self._w2r_block(images, captions, image_rows, caption_rows) if self.w2r is not None else zeros
+        f_o2w = self._o2w_block(images, captions, image_rows, caption_rows) if self.o2w is not None else zeros
+        return torch.stack([f_w2r + self.cfg.lam * f_o2w, f_w2r, f_o2w])  # Eq. 19
+
+    def _tree(self, captions: CaptionCache, caption_rows: Tensor) -> list[tuple[_Level, Tensor, Tensor]]:
+        """The prefix tree of the captions ``caption_rows`` with each node's word vector and word half of the
+        LSTM input (gathered once). The last tree is kept: a score matrix asks for the same captions image
+        block after image block. Words are told apart by their vectors."""
+        words = self._memo.get("words")
+        if words is None or words[0] is not captions.T:  # the memo holds the cache itself: `is` cannot be fooled
+            T = captions.T
+            ids = torch.unique(T.reshape(-1, T.shape[-1]), dim=0, return_inverse=True)[1].view(T.shape[:2])
+            words = self._memo["words"] = (T, ids)
+        if not self.share_prefixes:  # every caption its own first word, hence its own path
+            ids = words[1].clone()
+            ids[:, 0] = torch.arange(len(ids))
+            words = (words[0], ids)
+        key = (self.share_prefixes, caption_rows.cpu().numpy().tobytes())
+        tree = self._memo.get("tree")
+        if tree is None or tree[0] is not captions.T or tree[1] != key:
+            levels = prefix_tree(words[1][caption_rows], captions.lengths[caption_rows])
+            nodes = [(level, captions.T[caption_rows[level.rep], k].T.contiguous(),
+                      captions.TX[caption_rows[level.rep], k]) for k, level in enumerate(levels)]
+            tree = self._memo["tree"] = (captions.T, key, nodes)
+        return tree[2]
+
+    def _w2r_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                   caption_rows: Tensor) -> Tensor:
+        """f_w2r (G, n), Eq. 1-6: the LSTM runs once per (image, distinct caption prefix)."""
+        H, G, n = self.cfg.w2r_lstm, len(image_rows), len(caption_rows)
+        WR = images.WR[image_rows]  # (G, D, E)
+        D = WR.shape[1]
+        WR2 = WR.reshape(G * D, -1)
+        RU = images.RU[image_rows]  # (G, D, 4H)
+        w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T  # (H, 4H)
+        b = self.w2r.attention.b
+        last = WR.new_empty(G, n, H)
+        h = c = None
+        for level, Tk, TXk in self._tree(captions, caption_rows):
+            e = (WR2 @ Tk).view(G, D, -1)  # t_kᵀ W r_j for every region and node
+            alpha = torch.softmax(torch.tanh_(e.add_(b)), dim=1)  # Eq. 1-2, over the D regions
+            gates = torch.baddbmm(TXk, alpha.transpose(1, 2), RU)  # W_ih [u_k; t_k] + b (Eq. 3)
+            if h is not None:
+                hp, cp = h.index_select(1, level.parent), c.index_select(1, level.parent)
+                gates.view(-1, 4 * H).addmm_(hp.view(-1, H), w_hh)
+            sig = gates[..., : 3 * H].sigmoid_()
+            g = gates[..., 3 * H:].tanh_()
+            c = sig[..., :H] * g if h is None else torch.addcmul(sig[..., :H] * g, sig[..., H:2 * H], cp)
+            h = sig[..., 2 * H:] * torch.tanh(c)
+            if len(level.end_caps):
+                last[:, level.end_caps] = h[:, level.end_nodes]
+        return _run_folded(_fold_mlp(self.w2r.mlp), last.view(G * n, H)).view(G, n)  # Eq. 5-6
+
+    def _o2w_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                   caption_rows: Tensor) -> Tensor:
+        """f_o2w (G, n), Eq. 9-14, caption-major: one product gives every object's logits over every word."""
+        G, n = len(image_rows), len(caption_rows)
+        L = int(captions.lengths[caption_rows].max())
+        contiguous = n == 1 or bool((caption_rows.diff() == 1).all())
+        sl = slice(int(caption_rows[0]), int(caption_rows[0]) + n) if contiguous else caption_rows
+        S, SC, mask = captions.S[sl, :L], captions.SC[sl, :L], captions.mask[sl, :L]
+        OW = images.OW[image_rows].reshape(-1, images.OW.shape[-1])  # (G·P, B)
+        P = images.OW.shape[1]
+        e = torch.tanh_((S @ OW.T).add_(self.o2w.attention.b))  # (n, L, G·P), Eq. 10
+        beta = torch.softmax(e.masked_fill_(~mask[:, :, None], float("-inf")), dim=1)  # Eq. 9, over the words
+        first = torch.bmm(beta.transpose(1, 2), SC)  # layer 1 on u_j = Σ_k β s_k (Eq. 11, 13), word half
+        first += images.OC[image_rows].reshape(1, G * P, -1)  # ... and its object half
+        layers = _fold_mlp(self.o2w.mlp)
+        x = torch.tanh_(first) if layers[0][2] else first
+        y = _run_folded(layers[1:], x.view(n * G * P, -1)).view(n, G, P)  # Eq. 13
+        return y.mean(2).T  # Eq. 14
 
     def _check(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor) -> None:
         cfg = self.cfg
