@@ -133,8 +133,8 @@ def test_loss_eq18_by_hand():
     pos = {"f_w2r": torch.tensor([1.0, 0.0]), "f_o2w": torch.tensor([0.5, 0.3]), "score": torch.zeros(2)}
     neg = {"f_w2r": torch.tensor([0.9, -1.0]), "f_o2w": torch.tensor([0.1, 0.4]), "score": torch.zeros(2)}
     out = BSSANLoss(cfg)(m, pos, neg)
-    l1 = (max(0, 0.2 - 1.0 + 0.9) + max(0, 0.2 - 0.0 - 1.0)) / 2  # Eq. 7 (mean over pairs)
-    l2 = (max(0, 0.2 - 0.5 + 0.1) + max(0, 0.2 - 0.3 + 0.4)) / 2  # Eq. 17
+    l1 = max(0, 0.2 - 1.0 + 0.9) + max(0, 0.2 - 0.0 - 1.0)  # Eq. 7 (sum over pairs)
+    l2 = max(0, 0.2 - 0.5 + 0.1) + max(0, 0.2 - 0.3 + 0.4)  # Eq. 17
     reg = sum(float((p.detach() ** 2).sum()) for p in m.parameters() if p.dim() >= 2)
     assert out["l1"].item() == pytest.approx(l1, abs=1e-6)
     assert out["l2"].item() == pytest.approx(l2, abs=1e-6)
@@ -143,6 +143,33 @@ def test_loss_eq18_by_hand():
     assert l2_penalty(m).item() == pytest.approx(reg, rel=1e-5)
     no_reg = BSSANLoss(bssan_config("tiny", "no_reg"))(m, pos, neg)
     assert no_reg["loss"].item() == pytest.approx(l1 + 0.6 * l2, abs=1e-6)
+    mean = BSSANLoss(bssan_config("tiny", hinge_reduction="mean"))(m, pos, neg)
+    assert mean["l1"].item() == pytest.approx(l1 / 2, abs=1e-6) and mean["l2"].item() == pytest.approx(l2 / 2, abs=1e-6)
+    assert mean["loss"].item() == pytest.approx((l1 + 0.6 * l2) / 2 + 0.01 * reg, rel=1e-5)
+    with pytest.raises(ValueError, match="hinge_reduction"):
+        bssan_config("tiny", hinge_reduction="max")
+
+
+def test_input_standardisation_statistics_are_buffers_and_used():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    before = m(R, O, T, lengths)["score"]
+    R2, O2 = R * 3 + 5, O * 2 - 1  # an affine change of every channel ...
+    m.set_input_statistics(R2, O2)
+    state = m.state_dict()
+    torch.testing.assert_close(state["region_mean"], R2.reshape(-1, R2.shape[-1]).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state["object_std"], O2.reshape(-1, O2.shape[-1]).std(0), atol=1e-5, rtol=1e-5)
+    m.set_input_statistics(R, O)
+    m2 = _model(seed=9)
+    m2.load_state_dict(m.state_dict())  # ... the statistics travel with the weights
+    torch.testing.assert_close(m2.region_std, m.region_std)
+    after = m(R, O, T, lengths)["score"]
+    assert not torch.allclose(before, after)  # the statistics are applied
+    m.set_input_statistics(R2, O2)  # ... is undone by statistics taken from the changed features
+    torch.testing.assert_close(m(R2, O2, T, lengths)["score"], after, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        fast = m.pair_scores(m.encode_images(R2, O2), m.encode_captions(T, lengths), torch.arange(5), torch.arange(5))
+    torch.testing.assert_close(fast, after, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_shapes_and_lengths_are_errors():

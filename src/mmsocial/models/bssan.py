@@ -44,6 +44,8 @@ class BSSANConfig:
     lam: float = 0.6  # λ, Eq. 18 and 19
     delta: float = 0.01  # δ, Eq. 18
     negative_attention: str = "uniform"  # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; or "softmax"
+    hinge_reduction: str = "sum"  # Eq. 7 and 17 sum the hinges over the pairs; "mean" averages them
+    standardize: bool = True  # regions and objects standardised per channel (training statistics; not in the paper)
     lr: float = 0.01  # SGD, §V-B
     momentum: float = 0.9
     batch_size: int = 128
@@ -52,6 +54,8 @@ class BSSANConfig:
     def __post_init__(self):
         if not (self.w2r or self.o2w):
             raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
+        if self.hinge_reduction not in ("sum", "mean"):
+            raise ValueError(f"hinge_reduction must be 'sum' (Eq. 7, 17) or 'mean', got {self.hinge_reduction!r}")
         if self.negative_attention not in ("uniform", "softmax"):
             raise ValueError(f"negative_attention must be 'uniform' (Eq. 8) or 'softmax', "
                              f"got {self.negative_attention!r}")
@@ -315,9 +319,9 @@ class BSSAN(nn.Module):
             for name, X, dim in (("region", R, self.cfg.region_dim), ("object", O, self.cfg.object_dim)):
                 if X.dim() != 3 or X.shape[2] != dim:
                     raise ValueError(f"set_input_statistics: {name}s must be (N, ·, {dim}), got {tuple(X.shape)}")
-                flat = X.reshape(-1, dim).double()
-                getattr(self, f"{name}_mean").copy_(flat.mean(0))
-                getattr(self, f"{name}_std").copy_(flat.std(0).clamp_min(1e-6))
+                var, mean = torch.var_mean(X.reshape(-1, dim).float(), dim=0)
+                getattr(self, f"{name}_mean").copy_(mean)
+                getattr(self, f"{name}_std").copy_(var.sqrt().clamp_min(1e-6))
 
     def standardize(self, R: Tensor, O: Tensor) -> tuple[Tensor, Tensor]:
         R = (R - self.region_mean) / self.region_std if self.w2r is not None else R
@@ -509,8 +513,9 @@ def l2_penalty(model: nn.Module) -> Tensor:
 
 class BSSANLoss(nn.Module):
     """Eq. 18: L = L1 (Eq. 7) + λ L2 (Eq. 17) + δ L_reg, with hinge ranking losses
-    max(0, M - Y_i + Y_i^-) averaged (not summed) over the pairs so the learning rate does not depend
-    on the batch size. A variant without one network drops its term."""
+    max(0, M - Y_i + Y_i^-) summed over the pairs of the batch as in the paper (``hinge_reduction: mean``
+    averages them, which makes δ L_reg weigh batch-size times more). A variant without one network
+    drops its term."""
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
@@ -519,8 +524,9 @@ class BSSANLoss(nn.Module):
     def forward(self, model: BSSAN, positive: dict[str, Tensor], negative: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         zero = positive["score"].new_zeros(())
-        l1 = (cfg.margin - positive["f_w2r"] + negative["f_w2r"]).clamp_min(0).mean() if cfg.w2r else zero  # Eq. 7
-        l2 = (cfg.margin - positive["f_o2w"] + negative["f_o2w"]).clamp_min(0).mean() if cfg.o2w else zero  # Eq. 17
+        reduce = torch.sum if cfg.hinge_reduction == "sum" else torch.mean
+        l1 = reduce((cfg.margin - positive["f_w2r"] + negative["f_w2r"]).clamp_min(0)) if cfg.w2r else zero  # Eq. 7
+        l2 = reduce((cfg.margin - positive["f_o2w"] + negative["f_o2w"]).clamp_min(0)) if cfg.o2w else zero  # Eq. 17
         reg = l2_penalty(model) if cfg.delta > 0 else zero
         loss = l1 + cfg.lam * l2 + cfg.delta * reg
         return {"loss": loss, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}
