@@ -72,3 +72,13 @@ def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
     assert np.isfinite(S.dual_scores(dual, data, imgs, caps)).all()
     with pytest.raises(Exception, match="checkpoint"):
         S.load_trained(tmp_path)
+
+
+def test_negatives_both_trains_and_bad_value_is_an_error(tmp_path):
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN_w2r"],
+            "train.negatives": "both", "train.optimizer": "sgd"}
+    result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    cell = result.cells[("BSSAN_w2r", 0)]
+    assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
+    with pytest.raises(ConfigError, match="negatives"):
+        load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives": "images"})

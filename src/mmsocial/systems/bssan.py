@@ -73,6 +73,8 @@ class TrainSettings(StrictModel):
     lr: Optional[float] = Field(None, gt=0, description="None: 1e-3 for adam, the model's lr (paper 0.01) for sgd")
     grad_clip: Optional[float] = Field(5.0, gt=0, description="max global gradient norm (paper: none given)")
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
+    negatives: Literal["caption", "both"] = Field("caption", description="caption: a negative caption per image "
+                                                  "(Eq. 7/17 as printed); both: also a negative image per caption")
     progress: bool = True
 
 
@@ -471,23 +473,31 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
     tr_caps = data.captions(data.images("train"))
     pool_images = torch.from_numpy(data.caption_image[tr_caps])
 
+    both = cfg.train.negatives == "both"
+
     def batch_loss(m, batch):
         rows = batch["row"].cpu()
         caps = tr_caps[rows.numpy()]
         imgs = torch.from_numpy(data.caption_image[caps])
         neg = tr_caps[_negatives(imgs, pool_images).numpy()]
-        return pair_loss(m, imgs.numpy(), caps, neg)
+        neg_imgs = data.caption_image[tr_caps[_negatives(imgs, pool_images).numpy()]] if both else None
+        return pair_loss(m, imgs.numpy(), caps, neg, neg_imgs)
 
-    def pair_loss(m, imgs, caps, neg):
+    def pair_loss(m, imgs, caps, neg, neg_imgs=None):
+        """Eq. 7/17 with a negative caption T_i^- per image; with ``neg_imgs`` also a negative image per
+        caption (train.negatives: both), the hinges of both summed as one batch."""
         device = next(m.parameters()).device
-        R, O = data.image_features(imgs)
-        T, lengths = data.words(np.concatenate([caps, neg]))
         b = len(caps)
-        uniform = torch.arange(2 * b) >= b  # Eq. 8: the negative pairs get uniform attention
-        out = m(torch.cat([R, R]).to(device), torch.cat([O, O]).to(device), T.to(device), lengths,
-                uniform=uniform.to(device))
-        pos = {k: v[:b] for k, v in out.items() if k in ("f_w2r", "f_o2w", "score")}
-        negs = {k: v[b:] for k, v in out.items() if k in ("f_w2r", "f_o2w", "score")}
+        all_imgs = np.concatenate([imgs, imgs] + ([neg_imgs] if neg_imgs is not None else []))
+        all_caps = np.concatenate([caps, neg] + ([caps] if neg_imgs is not None else []))
+        R, O = data.image_features(all_imgs)
+        T, lengths = data.words(all_caps)
+        uniform = torch.arange(len(all_caps)) >= b  # Eq. 8: the negative pairs get uniform attention
+        out = m(R.to(device), O.to(device), T.to(device), lengths, uniform=uniform.to(device))
+        keys = ("f_w2r", "f_o2w", "score")
+        reps = (len(all_caps) - b) // b
+        pos = {k: out[k][:b].repeat(reps) for k in keys}
+        negs = {k: out[k][b:] for k in keys}
         return loss_fn(unwrap_model(m), pos, negs)
 
     v_imgs, v_caps, v_row = _eval_sets(data, "val", cfg.val_images, 1 << 30, seed)
