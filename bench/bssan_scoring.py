@@ -170,7 +170,7 @@ def main():
         with Clock() as t:
             first = S.dual_scores(dual, data, imgs, caps)
             scorer = S.bssan_scorer(model, data, imgs, caps)
-            merged, scored = two_stage_scores(first, scorer, k, a.chunk_pairs)
+            merged, scored = two_stage_scores(first, scorer, k)
         m = image_text_retrieval(merged, row)
         print(f"| {k} | {scored} | {scored / n_pairs:.1%} | {t} | {full_s / t.wall:.1f}x ({full_cpu / t.cpu:.1f}x) | "
               + " | ".join(f"{m[c]:.1f} ({full_metrics[c]:.1f})" for c in full_metrics if "R@" in c) + " |")

@@ -211,6 +211,8 @@ def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant):
             g = torch.Generator().manual_seed(int(share))
             img, cap = torch.randint(0, 6, (17,), generator=g), torch.randint(0, 6, (17,), generator=g)
             torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
+            img, cap = torch.tensor([0, 1, 2, 3, 4, 5, 2, 0, 1]), torch.tensor([0, 0, 0, 0, 0, 0, 2, 2, 2])
+            torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(naive[:, 4], naive[:, 0])
 
 

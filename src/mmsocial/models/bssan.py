@@ -396,25 +396,42 @@ class BSSAN(nn.Module):
                     return_parts: bool = False):
         """Eq. 19 for the pairs (images[image_idx[n]], captions[caption_idx[n]]) from the caches.
 
-        Equals ``forward`` on the same pairs (eval mode) up to float rounding. The pairs are grouped by
-        image; when every image of the call has the same captions (a block of the full score matrix) the
-        block is scored at once, else image by image (``score_block``).
+        Equals ``forward`` on the same pairs (eval mode) up to float rounding. When every image of the call
+        has the same captions (a block of the full score matrix) the block is scored at once
+        (``score_block``); otherwise W2R runs image by image and O2W caption by caption, so pass long
+        pair lists (the two-stage mode passes all its pairs at once).
         """
         self._eval_only()
         image_idx, caption_idx = image_idx.long(), caption_idx.long()
-        order = torch.argsort(image_idx * (len(captions.lengths) + 1) + caption_idx)
+        n_cap = len(captions.lengths) + 1
+        order = torch.argsort(image_idx * n_cap + caption_idx)
         img, cap = image_idx[order], caption_idx[order]
         uniq, counts = torch.unique_consecutive(img, return_counts=True)
-        n = len(img)
-        parts = torch.empty(3, n, dtype=captions.T.dtype, device=captions.T.device)
+        parts = captions.T.new_zeros(3, len(img))
         groups = cap.view(len(uniq), -1) if bool((counts == counts[0]).all()) else None
-        if groups is not None and bool((groups == groups[:1]).all()):
+        if groups is not None and bool((groups == groups[:1]).all()):  # a block: every image, the same captions
             parts[:] = self.score_block(images, captions, uniq, groups[0]).flatten(1)
-        else:
-            a = 0
-            for i, m in zip(uniq.tolist(), counts.tolist()):
-                parts[:, a:a + m] = self.score_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[:, 0]
-                a += m
+        else:  # W2R image by image (its region terms); O2W by caption (many objects in one product) or by image
+            if self.w2r is not None:
+                a = 0
+                for i, m in zip(uniq.tolist(), counts.tolist()):
+                    parts[1, a:a + m] = self._w2r_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[0]
+                    a += m
+            if self.o2w is not None:
+                by_cap = torch.argsort(cap * n_cap + img)
+                c_uniq, c_counts = torch.unique_consecutive(cap[by_cap], return_counts=True)
+                if len(c_uniq) < len(uniq):  # fewer captions than images: caption by caption
+                    f, a = torch.empty_like(parts[2]), 0
+                    for c, m in zip(c_uniq.tolist(), c_counts.tolist()):
+                        f[a:a + m] = self._o2w_block(images, captions, img[by_cap[a:a + m]], c_uniq.new_tensor([c]))[:, 0]
+                        a += m
+                    parts[2, by_cap] = f
+                else:
+                    a = 0
+                    for i, m in zip(uniq.tolist(), counts.tolist()):
+                        parts[2, a:a + m] = self._o2w_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[0]
+                        a += m
+            parts[0] = parts[1] + self.cfg.lam * parts[2]  # Eq. 19
         out = torch.empty_like(parts).index_copy_(1, order, parts)
         return (out[0], out[1], out[2]) if return_parts else out[0]
 

@@ -624,8 +624,7 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
             history, selection = _history(result), _selection(result, "val_rsum")
         t = time.perf_counter()
         first = dual_scores(dual, data, imgs, caps)
-        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k,
-                                           cfg.chunk_pairs)
+        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k)
         seconds = time.perf_counter() - t
         metrics = image_text_retrieval(scores, caption_row)
         diagnostics.update(two_stage_seconds=seconds, pairs_scored=n_pairs, k=cfg.two_stage_k)

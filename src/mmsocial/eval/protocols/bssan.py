@@ -123,8 +123,9 @@ def candidate_pairs(first_stage: np.ndarray, k: int) -> np.ndarray:
 
 
 def two_stage_scores(first_stage: np.ndarray, score_pairs: PairScorer, k: int,
-                     chunk_pairs: int = 16384) -> tuple[np.ndarray, int]:
-    """Re-rank the first stage's top-k with ``score_pairs`` in both directions.
+                     chunk_pairs: int = 1 << 22) -> tuple[np.ndarray, int]:
+    """Re-rank the first stage's top-k with ``score_pairs`` in both directions, ``chunk_pairs`` pairs
+    per call (large: a scorer can group long pair lists by image and by caption).
 
     Returns a score matrix in which, for every query, its re-scored candidates rank above every
     other item (ordered by the model's score) and the rest keep the first stage's order; and the
