@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -195,19 +196,17 @@ class _Level(NamedTuple):
 def prefix_tree(words: Tensor, lengths: Tensor) -> list[_Level]:
     """The distinct prefixes of a caption set, depth by depth. W2R's LSTM state after word k depends on the
     image and the words 1..k only (Eq. 1-4), so captions that share a prefix share it for every image."""
-    n = len(lengths)
-    node = torch.zeros(n, dtype=torch.long)
+    w, n_words = words.cpu().numpy(), lengths.cpu().numpy()
+    node = np.zeros(len(n_words), dtype=np.int64)
     levels = []
-    for k in range(int(lengths.max())):
-        alive = torch.nonzero(lengths > k).squeeze(1)
-        width = int(words[alive, k].max()) + 1
-        key = node[alive] * width + words[alive, k]
-        uniq, inverse = torch.unique(key, return_inverse=True)
-        node = node.clone()
-        node[alive] = inverse
-        rep = torch.empty(len(uniq), dtype=torch.long).scatter_(0, inverse, alive)
-        ends = alive[lengths[alive] == k + 1]
-        levels.append(_Level(rep, uniq // width, ends, node[ends]))
+    as_tensor = lambda x: torch.from_numpy(x).to(words.device)  # noqa: E731
+    for k in range(int(n_words.max())):
+        alive = np.flatnonzero(n_words > k)
+        width = int(w[alive, k].max()) + 1
+        uniq, first, inverse = np.unique(node[alive] * width + w[alive, k], return_index=True, return_inverse=True)
+        node[alive] = inverse.reshape(-1)
+        ends = alive[n_words[alive] == k + 1]
+        levels.append(_Level(as_tensor(alive[first]), as_tensor(uniq // width), as_tensor(ends), as_tensor(node[ends])))
     return levels
 
 
