@@ -213,6 +213,13 @@ def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant):
             torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
             img, cap = torch.tensor([0, 1, 2, 3, 4, 5, 2, 0, 1]), torch.tensor([0, 0, 0, 0, 0, 0, 2, 2, 2])
             torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
+            if m.w2r is not None:  # images taken a few at a time (small groups), each with its own captions
+                img, cap = torch.tensor([0, 0, 0, 1, 3, 3, 5, 5, 5, 5]), torch.tensor([0, 4, 2, 1, 3, 0, 1, 5, 2, 4])
+                f = m._w2r_pairs(images, captions, img, cap, *torch.unique_consecutive(img, return_counts=True),
+                                 group_pairs=3)
+                ref = torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["f_w2r"][0]
+                                   for i, c in zip(img.tolist(), cap.tolist())])
+                torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(naive[:, 4], naive[:, 0])
 
 

@@ -412,10 +412,7 @@ class BSSAN(nn.Module):
             parts[:] = self.score_block(images, captions, uniq, groups[0]).flatten(1)
         else:  # W2R image by image (its region terms); O2W by caption (many objects in one product) or by image
             if self.w2r is not None:
-                a = 0
-                for i, m in zip(uniq.tolist(), counts.tolist()):
-                    parts[1, a:a + m] = self._w2r_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[0]
-                    a += m
+                parts[1] = self._w2r_pairs(images, captions, img, cap, uniq, counts)
             if self.o2w is not None:
                 by_cap = torch.argsort(cap * n_cap + img)
                 c_uniq, c_counts = torch.unique_consecutive(cap[by_cap], return_counts=True)
@@ -448,19 +445,14 @@ class BSSAN(nn.Module):
         """The prefix tree of the captions ``caption_rows`` with each node's word vector and word half of the
         LSTM input (gathered once). The last tree is kept: a score matrix asks for the same captions image
         block after image block. Words are told apart by their vectors."""
-        words = self._memo.get("words")
-        if words is None or words[0] is not captions.T:  # the memo holds the cache itself: `is` cannot be fooled
-            T = captions.T
-            ids = torch.unique(T.reshape(-1, T.shape[-1]), dim=0, return_inverse=True)[1].view(T.shape[:2])
-            words = self._memo["words"] = (T, ids)
+        ids = self._word_ids(captions)
         if not self.share_prefixes:  # every caption its own first word, hence its own path
-            ids = words[1].clone()
+            ids = ids.clone()
             ids[:, 0] = torch.arange(len(ids))
-            words = (words[0], ids)
         key = (self.share_prefixes, caption_rows.cpu().numpy().tobytes())
         tree = self._memo.get("tree")
         if tree is None or tree[0] is not captions.T or tree[1] != key:
-            levels = prefix_tree(words[1][caption_rows], captions.lengths[caption_rows])
+            levels = prefix_tree(ids[caption_rows], captions.lengths[caption_rows])
             nodes = [(level, captions.T[caption_rows[level.rep], k].T.contiguous(),
                       captions.TX[caption_rows[level.rep], k]) for k, level in enumerate(levels)]
             tree = self._memo["tree"] = (captions.T, key, nodes)
@@ -492,6 +484,74 @@ class BSSAN(nn.Module):
             if len(level.end_caps):
                 last[:, level.end_caps] = h[:, level.end_nodes]
         return _run_folded(_fold_mlp(self.w2r.mlp), last.view(G * n, H)).view(G, n)  # Eq. 5-6
+
+    def _word_ids(self, captions: CaptionCache) -> Tensor:
+        """(C, L) ids, equal exactly where the word vectors are equal (kept for the last caption cache)."""
+        words = self._memo.get("words")
+        if words is None or words[0] is not captions.T:  # the memo holds the cache itself: `is` cannot be fooled
+            T = captions.T
+            ids = torch.unique(T.reshape(-1, T.shape[-1]), dim=0, return_inverse=True)[1].view(T.shape[:2])
+            words = self._memo["words"] = (T, ids)
+        return words[1]
+
+    def _w2r_pairs(self, images: ImageCache, captions: CaptionCache, img: Tensor, cap: Tensor, uniq: Tensor,
+                   counts: Tensor, group_pairs: int = 8192) -> Tensor:
+        """f_w2r of an arbitrary pair list (sorted by image; ``uniq``/``counts`` its images): images with
+        similar numbers of pairs are taken together, each with its own captions (``_w2r_ragged``)."""
+        out = captions.T.new_empty(len(img))
+        starts = torch.cumsum(counts, 0) - counts
+        by_size = torch.argsort(counts, stable=True).tolist()
+        group: list[int] = []
+        for u in by_size + [None]:
+            size = sum(int(counts[g]) for g in group)
+            if group and (u is None or size + int(counts[u]) > group_pairs):
+                rows = torch.cat([torch.arange(int(starts[g]), int(starts[g] + counts[g])) for g in group])
+                slots = torch.repeat_interleave(torch.arange(len(group)), counts[group])
+                out[rows] = self._w2r_ragged(images, captions, uniq[group], slots, cap[rows])
+                group = []
+            if u is not None:
+                group.append(u)
+        return out
+
+    def _w2r_ragged(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor, slots: Tensor,
+                    cap: Tensor) -> Tensor:
+        """f_w2r (n,) of the pairs (image_rows[slots[p]], cap[p]), ``slots`` non-decreasing: as ``_w2r_block``
+        over the prefix tree of the (image, caption) pairs, each image's nodes padded to the widest image."""
+        H, G = self.cfg.w2r_lstm, len(image_rows)
+        ids = self._word_ids(captions)[cap].clone()
+        first = ids[:, 0] if self.share_prefixes else torch.arange(len(cap))
+        ids[:, 0] = slots * (int(first.max()) + 1) + first  # the image is part of every prefix
+        levels = prefix_tree(ids, captions.lengths[cap])
+        WR = images.WR[image_rows]
+        D = WR.shape[1]
+        WR2, b2 = 2 * WR, 2 * self.w2r.attention.b  # as in _w2r_block
+        RU = images.RU[image_rows]
+        w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T
+        last = WR.new_empty(len(cap), H)
+        h = c2 = prev_pos = None
+        for k, level in enumerate(levels):
+            slot = slots[level.rep]
+            width = torch.bincount(slot, minlength=G)
+            m = int(width.max())
+            pos = slot * m + torch.arange(len(slot)) - (torch.cumsum(width, 0) - width)[slot]
+            rows = cap[level.rep]
+            Tn = WR.new_zeros(G * m, WR.shape[2]).index_copy_(0, pos, captions.T[rows, k])
+            TXn = WR.new_zeros(G * m, 4 * H).index_copy_(0, pos, captions.TX[rows, k])
+            e = torch.baddbmm(b2, WR2, Tn.view(G, m, -1).transpose(1, 2))  # (G, D, m)
+            alpha = torch.softmax(e.sigmoid_().mul_(2), dim=1)  # Eq. 1-2
+            gates = torch.baddbmm(TXn.view(G, m, -1), alpha.transpose(1, 2), RU)  # Eq. 3
+            if h is not None:
+                parent = torch.zeros(G * m, dtype=torch.long).index_copy_(0, pos, prev_pos[level.parent])
+                hp, cp = h.index_select(0, parent), c2.index_select(0, parent)
+                gates.view(-1, 4 * H).addmm_(hp, w_hh)
+            i, f, o, g2 = gates.view(G * m, 4 * H).sigmoid_().split(H, dim=-1)
+            g2 = g2.mul_(4).sub_(2)
+            c2 = i * g2 if h is None else torch.addcmul(i * g2, f, cp)
+            h = torch.sigmoid(c2).mul_(2).sub_(1).mul_(o)
+            if len(level.end_caps):
+                last[level.end_caps] = h[pos[level.end_nodes]]
+            prev_pos = pos
+        return _run_folded(_fold_mlp(self.w2r.mlp), last).view(-1)  # Eq. 5-6
 
     def _o2w_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
                    caption_rows: Tensor) -> Tensor:
