@@ -8,7 +8,7 @@ Uniform attention hits with probability = the fraction of region centres inside 
 untrained BSSAN (same architecture, random weights) is the second reference. (As bench/dman_attention.py.)
 
     PYTHONPATH=src python bench/bssan_attention.py --corpus /work/data/synthetic \\
-        --objects /work/data/bssan/synthetic-objects --epochs 6
+        --objects /work/runs/s4-bssan/synthetic-objects --run RUN/BSSAN_w2r-seed0/bssan
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def main():
     p.add_argument("--objects", default=None)
     p.add_argument("--preset", default="small")
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--run", default=None, help="a trained BSSAN run folder (load_trained) instead of training here")
     p.add_argument("--variant", default="w2r", help="bssan | w2r (the W2R network is the same in both)")
     p.add_argument("--workdir", default="runs/bench/bssan_attention")
     p.add_argument("--threads", type=int, default=1)
@@ -73,20 +74,28 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     corpus = Corpus.load(a.corpus)
-    cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, preset=a.preset, workdir=a.workdir,
+    cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, objects_from="regions", preset=a.preset,
+                   workdir=a.workdir,
                    seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention),
                    train=S.TrainSettings(progress=False))
     data = S.prepare(corpus, cfg)
     size = int(corpus.meta.get("synthetic", {}).get("image_size", 224))
     test = data.images("test")
+    if a.run:
+        model, run = S.load_trained(Path(a.run))
+        what = f"BSSAN {run['variant']} from {a.run}"
+    else:
+        model, result = S.train_bssan(data, cfg, a.variant, 0, Path(a.workdir))
+        what = f"BSSAN {a.variant}, {a.epochs} epochs (best validation rsum {result.best_metric:.1f})"
     torch.manual_seed(0)
-    untrained = BSSAN(S._bssan_config(cfg, data, a.variant))
+    untrained = BSSAN(model.cfg)
+    untrained.load_state_dict({k: v for k, v in model.state_dict().items()
+                               if k in ("region_mean", "region_std", "object_mean", "object_std")},
+                              strict=False)  # the same input standardisation, random weights
     acc0, uni, n = pointing(untrained, data, corpus, test, size)
-    model, result = S.train_bssan(data, cfg, a.variant, 0, Path(a.workdir))
     acc, _, _ = pointing(model, data, corpus, test, size)
     print(f"{n} (test image, object word) pairs on a {int(np.sqrt(data.regions.shape[1]))}x"
-          f"{int(np.sqrt(data.regions.shape[1]))} grid; BSSAN {a.variant}, {a.epochs} epochs "
-          f"(best validation rsum {result.best_metric:.1f})")
+          f"{int(np.sqrt(data.regions.shape[1]))} grid; {what}")
     print("| attention | points inside the named object's box |\n|---|---|")
     print(f"| uniform (expected) | {uni:.1%} |\n| untrained BSSAN | {acc0:.1%} |\n| trained BSSAN | {acc:.1%} |")
     print(f"trained / uniform = {acc / max(uni, 1e-9):.2f}x")

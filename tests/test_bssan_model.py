@@ -133,8 +133,8 @@ def test_loss_eq18_by_hand():
     pos = {"f_w2r": torch.tensor([1.0, 0.0]), "f_o2w": torch.tensor([0.5, 0.3]), "score": torch.zeros(2)}
     neg = {"f_w2r": torch.tensor([0.9, -1.0]), "f_o2w": torch.tensor([0.1, 0.4]), "score": torch.zeros(2)}
     out = BSSANLoss(cfg)(m, pos, neg)
-    l1 = (max(0, 0.2 - 1.0 + 0.9) + max(0, 0.2 - 0.0 - 1.0)) / 2  # Eq. 7 (mean over pairs)
-    l2 = (max(0, 0.2 - 0.5 + 0.1) + max(0, 0.2 - 0.3 + 0.4)) / 2  # Eq. 17
+    l1 = max(0, 0.2 - 1.0 + 0.9) + max(0, 0.2 - 0.0 - 1.0)  # Eq. 7 (sum over pairs)
+    l2 = max(0, 0.2 - 0.5 + 0.1) + max(0, 0.2 - 0.3 + 0.4)  # Eq. 17
     reg = sum(float((p.detach() ** 2).sum()) for p in m.parameters() if p.dim() >= 2)
     assert out["l1"].item() == pytest.approx(l1, abs=1e-6)
     assert out["l2"].item() == pytest.approx(l2, abs=1e-6)
@@ -143,6 +143,33 @@ def test_loss_eq18_by_hand():
     assert l2_penalty(m).item() == pytest.approx(reg, rel=1e-5)
     no_reg = BSSANLoss(bssan_config("tiny", "no_reg"))(m, pos, neg)
     assert no_reg["loss"].item() == pytest.approx(l1 + 0.6 * l2, abs=1e-6)
+    mean = BSSANLoss(bssan_config("tiny", hinge_reduction="mean"))(m, pos, neg)
+    assert mean["l1"].item() == pytest.approx(l1 / 2, abs=1e-6) and mean["l2"].item() == pytest.approx(l2 / 2, abs=1e-6)
+    assert mean["loss"].item() == pytest.approx((l1 + 0.6 * l2) / 2 + 0.01 * reg, rel=1e-5)
+    with pytest.raises(ValueError, match="hinge_reduction"):
+        bssan_config("tiny", hinge_reduction="max")
+
+
+def test_input_standardisation_statistics_are_buffers_and_used():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    before = m(R, O, T, lengths)["score"]
+    R2, O2 = R * 3 + 5, O * 2 - 1  # an affine change of every channel ...
+    m.set_input_statistics(R2, O2)
+    state = m.state_dict()
+    torch.testing.assert_close(state["region_mean"], R2.reshape(-1, R2.shape[-1]).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state["object_std"], O2.reshape(-1, O2.shape[-1]).std(0), atol=1e-5, rtol=1e-5)
+    m.set_input_statistics(R, O)
+    m2 = _model(seed=9)
+    m2.load_state_dict(m.state_dict())  # ... the statistics travel with the weights
+    torch.testing.assert_close(m2.region_std, m.region_std)
+    after = m(R, O, T, lengths)["score"]
+    assert not torch.allclose(before, after)  # the statistics are applied
+    m.set_input_statistics(R2, O2)  # ... is undone by statistics taken from the changed features
+    torch.testing.assert_close(m(R2, O2, T, lengths)["score"], after, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        fast = m.pair_scores(m.encode_images(R2, O2), m.encode_captions(T, lengths), torch.arange(5), torch.arange(5))
+    torch.testing.assert_close(fast, after, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_shapes_and_lengths_are_errors():
@@ -154,3 +181,51 @@ def test_bad_shapes_and_lengths_are_errors():
         m(R, O[..., :2], T, lengths)
     with pytest.raises(ValueError, match="lengths"):
         m(R, O, T, torch.tensor([0, 1, 2, 3, 4]))
+
+
+@pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w"])
+def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant):
+    """Captions sharing a prefix (one a prefix of another, one a duplicate) share their W2R recurrence in
+    the fast path; arbitrary (image, caption) pairs (not a block) take the image-by-image path."""
+    m = _model(variant, seed=4)
+    m.train()
+    R, O, T, lengths = _inputs(m.cfg, n=6, seed=5, lengths=[8, 8, 5, 3, 8, 1])
+    m(R, O, T, lengths)["score"].sum().backward()  # batch-norm running statistics move off the identity
+    m.eval()
+    T = T.clone()
+    T[1, :2] = T[0, :2]  # caption 1 shares its first two words with caption 0
+    T[2, :5] = T[0, :5]  # caption 2 is caption 0's first five words
+    T[3, :3] = T[1, :3]  # caption 3 is caption 1's first three words
+    T[4] = T[0]  # caption 4 repeats caption 0
+    T[5, :1] = T[0, :1]
+    T = T * word_mask(lengths, m.cfg.max_length)[..., None]
+    with torch.inference_mode():
+        naive = torch.stack([torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["score"][0]
+                                          for c in range(6)]) for i in range(6)])
+        images, captions = m.encode_images(R, O), m.encode_captions(T, lengths)
+        for share in (True, False):
+            m.share_prefixes = share
+            ii, cc = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+            block = m.pair_scores(images, captions, ii.reshape(-1), cc.reshape(-1)).view(6, 6)
+            torch.testing.assert_close(block, naive, atol=1e-5, rtol=1e-5)
+            g = torch.Generator().manual_seed(int(share))
+            img, cap = torch.randint(0, 6, (17,), generator=g), torch.randint(0, 6, (17,), generator=g)
+            torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
+            img, cap = torch.tensor([0, 1, 2, 3, 4, 5, 2, 0, 1]), torch.tensor([0, 0, 0, 0, 0, 0, 2, 2, 2])
+            torch.testing.assert_close(m.pair_scores(images, captions, img, cap), naive[img, cap], atol=1e-5, rtol=1e-5)
+            if m.w2r is not None:  # images taken a few at a time (small groups), each with its own captions
+                img, cap = torch.tensor([0, 0, 0, 1, 3, 3, 5, 5, 5, 5]), torch.tensor([0, 4, 2, 1, 3, 0, 1, 5, 2, 4])
+                f = m._w2r_pairs(images, captions, img, cap, *torch.unique_consecutive(img, return_counts=True),
+                                 group_pairs=3)
+                ref = torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["f_w2r"][0]
+                                   for i, c in zip(img.tolist(), cap.tolist())])
+                torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(naive[:, 4], naive[:, 0])
+
+
+def test_fast_path_needs_eval_mode():
+    m = _model()
+    R, O, T, lengths = _inputs(m.cfg)
+    m.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        m.encode_images(R, O)

@@ -53,7 +53,9 @@ def test_pair_score_matrix_chunks_cover_every_pair():
     scorer = lambda i, c: a[i] * b[c] + c.float()  # noqa: E731
     full = (a[:, None] * b[None, :] + torch.arange(11.0)).numpy()
     for chunk in (1, 5, 11, 30, 1000):
-        np.testing.assert_allclose(pair_score_matrix(scorer, 7, 11, chunk_pairs=chunk), full, rtol=1e-6)
+        for block in (1, 4, 11, 1024):
+            np.testing.assert_allclose(pair_score_matrix(scorer, 7, 11, chunk_pairs=chunk, caption_block=block),
+                                       full, rtol=1e-6)
 
 
 def test_two_stage_with_k_covering_everything_equals_full_scoring():

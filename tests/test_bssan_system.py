@@ -42,3 +42,43 @@ def test_registered_and_configs_validate():
         load_experiment_config(CONFIGS / "tiny.yaml", {"rows": ["BSSAN_w2o"]})
     with pytest.raises(ConfigError, match="model.lam"):
         load_experiment_config(CONFIGS / "tiny.yaml", {"model.lam": -1})
+
+
+def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
+    import numpy as np
+    import torch
+
+    from mmsocial.experiment import cell_dir, load_corpus
+    from mmsocial.systems import bssan as S
+
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"),
+            "rows": ["Dual encoder", "BSSAN", "BSSAN two-stage"]}
+    result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    two = result.cells[("BSSAN two-stage", 0)]
+    assert two.diagnostics["reused_dual_encoder"] == 1.0 and two.diagnostics["reused_bssan"] == 1.0
+    assert two.history == []  # nothing trained again
+    _, cfg = load_experiment_config(CONFIGS / "tiny.yaml", over)
+    data = S.prepare(load_corpus(cfg), cfg)
+    model, run = S.load_trained(cell_dir(tmp_path / "run", "BSSAN", 0) / "bssan")
+    assert run["variant"] == "bssan" and run["data"] == data.fingerprint()
+    # the input statistics come from the training images only and were saved with the weights
+    R, O = data.image_features(data.images("train"))
+    torch.testing.assert_close(model.region_mean, R.reshape(-1, R.shape[-1]).mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.object_std, O.reshape(-1, O.shape[-1]).std(0, correction=1), atol=1e-3, rtol=1e-3)
+    imgs, caps, row = S._eval_sets(data, "test", cfg.test_images, cfg.captions_per_image, 0)
+    metrics, scores, _ = S.evaluate_bssan(model, data, imgs, caps, row, cfg.chunk_pairs)
+    assert metrics["rsum"] == pytest.approx(result.tables["table2"].mean("BSSAN", "rsum"), abs=1e-6)
+    dual, _ = S.load_trained(cell_dir(tmp_path / "run", "Dual encoder", 0) / "dual")
+    assert np.isfinite(S.dual_scores(dual, data, imgs, caps)).all()
+    with pytest.raises(Exception, match="checkpoint"):
+        S.load_trained(tmp_path)
+
+
+def test_negatives_both_trains_and_bad_value_is_an_error(tmp_path):
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN_w2r"],
+            "train.negatives": "both", "train.optimizer": "sgd"}
+    result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    cell = result.cells[("BSSAN_w2r", 0)]
+    assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
+    with pytest.raises(ConfigError, match="negatives"):
+        load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives": "images"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +45,8 @@ class BSSANConfig:
     lam: float = 0.6  # λ, Eq. 18 and 19
     delta: float = 0.01  # δ, Eq. 18
     negative_attention: str = "uniform"  # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; or "softmax"
+    hinge_reduction: str = "sum"  # Eq. 7 and 17 sum the hinges over the pairs; "mean" averages them
+    standardize: bool = True  # regions and objects standardised per channel (training statistics; not in the paper)
     lr: float = 0.01  # SGD, §V-B
     momentum: float = 0.9
     batch_size: int = 128
@@ -52,6 +55,8 @@ class BSSANConfig:
     def __post_init__(self):
         if not (self.w2r or self.o2w):
             raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
+        if self.hinge_reduction not in ("sum", "mean"):
+            raise ValueError(f"hinge_reduction must be 'sum' (Eq. 7, 17) or 'mean', got {self.hinge_reduction!r}")
         if self.negative_attention not in ("uniform", "softmax"):
             raise ValueError(f"negative_attention must be 'uniform' (Eq. 8) or 'softmax', "
                              f"got {self.negative_attention!r}")
@@ -160,25 +165,90 @@ class O2WAttention(nn.Module):
 
 
 class ImageCache(NamedTuple):
-    """Per-image terms of the fast path (rows = images)."""
+    """Per-image terms of the fast path (rows = images), for the model in eval mode."""
 
-    R: Tensor  # (N, D, M) regions
     WR: Tensor  # (N, D, E) W r_j of Eq. 2
-    RU: Tensor  # (N, D, 4H) region half of the LSTM input projection: α RU = W_ih^u u_k (Eq. 3)
-    O: Tensor  # (N, P, Q) objects
+    RU: Tensor  # (N, D, 4H) region half of the LSTM input projection, gate columns as ``_gate_order``
     OW: Tensor  # (N, P, B) o_jᵀ W of Eq. 10
-    OC: Tensor  # (N, P, h1) object half of the O2W MLP's first layer on c_j = [o_j; u_j]
+    OC: Tensor  # (N, P, h1) object half of the O2W MLP's first layer on c_j = [o_j; u_j] (as ``_fold_mlp``)
 
 
 class CaptionCache(NamedTuple):
-    """Per-caption terms of the fast path (rows = captions)."""
+    """Per-caption terms of the fast path (rows = captions), for the model in eval mode."""
 
     T: Tensor  # (C, L, E) word vectors
     lengths: Tensor  # (C,)
     mask: Tensor  # (C, L)
-    TX: Tensor  # (C, L, 4H) word half of the LSTM input projection + biases
+    TX: Tensor  # (C, L, 4H) word half of the LSTM input projection + biases, gate columns as ``_gate_order``
     S: Tensor  # (C, L, B) BiLSTM states (Eq. 9-11)
-    SC: Tensor  # (C, L, h1) word-state half of the O2W MLP's first layer
+    SC: Tensor  # (C, L, h1) word-state half of the O2W MLP's first layer + bias (as ``_fold_mlp``)
+
+
+class _Level(NamedTuple):
+    """Depth k of the prefix tree of a caption set: one node per distinct (k+1)-word prefix."""
+
+    rep: Tensor  # (n_k,) a caption (index into the set) through each node
+    parent: Tensor  # (n_k,) node at depth k-1 of each node
+    end_caps: Tensor  # positions (in the set) of the captions of length k+1
+    end_nodes: Tensor  # their node at depth k
+
+
+def prefix_tree(words: Tensor, lengths: Tensor) -> list[_Level]:
+    """The distinct prefixes of a caption set, depth by depth. W2R's LSTM state after word k depends on the
+    image and the words 1..k only (Eq. 1-4), so captions that share a prefix share it for every image."""
+    w, n_words = words.cpu().numpy(), lengths.cpu().numpy()
+    node = np.zeros(len(n_words), dtype=np.int64)
+    levels = []
+    as_tensor = lambda x: torch.from_numpy(x).to(words.device)  # noqa: E731
+    for k in range(int(n_words.max())):
+        alive = np.flatnonzero(n_words > k)
+        width = int(w[alive, k].max()) + 1
+        uniq, first, inverse = np.unique(node[alive] * width + w[alive, k], return_index=True, return_inverse=True)
+        node[alive] = inverse.reshape(-1)
+        ends = alive[n_words[alive] == k + 1]
+        levels.append(_Level(as_tensor(alive[first]), as_tensor(uniq // width), as_tensor(ends), as_tensor(node[ends])))
+    return levels
+
+
+def _fold_mlp(mlp: nn.Sequential) -> list[tuple[Tensor, Tensor, bool]]:
+    """An eval-mode tanh MLP as (weight, bias, sigmoid?) per layer, for ``_run_folded``: each batch norm
+    folded into the linear layer before it, and tanh(z) = 2σ(2z) - 1 folded into the weights (the 2 into
+    this layer, the -1 and the 2 of the output into the next one), since σ costs a fraction of tanh here.
+    The same function, in fewer passes over the data."""
+    out: list[list] = []
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            out.append([layer.weight, layer.bias, False])
+        elif isinstance(layer, nn.BatchNorm1d):
+            scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+            w, b, _ = out[-1]
+            out[-1] = [w * scale[:, None], (b - layer.running_mean) * scale + layer.bias, False]
+        elif isinstance(layer, nn.Tanh):
+            out[-1][2] = True
+    folded, previous = [], False
+    for w, b, act in out:
+        if previous:  # the input is σ(·) = (tanh(·) + 1) / 2
+            w, b = 2 * w, b - w.sum(1)
+        if act:
+            w, b = 2 * w, 2 * b
+        folded.append((w, b, act))
+        previous = act
+    return folded
+
+
+def _run_folded(layers, x: Tensor) -> Tensor:
+    for w, b, act in layers:
+        x = torch.addmm(b, x, w.T)
+        if act:
+            x = x.sigmoid_()
+    return x
+
+
+def _gate_order(x: Tensor, hidden: int) -> Tensor:
+    """PyTorch's LSTM gate rows (i, f, g, o) reordered to (i, f, o, g), the g rows doubled: one σ over all
+    four gives i, f, o and σ(2 z_g) = (tanh(z_g) + 1) / 2."""
+    i, f, g, o = x.split(hidden, dim=0)
+    return torch.cat([i, f, o, 2 * g])
 
 
 class W2R(nn.Module):
@@ -203,21 +273,6 @@ class W2R(nn.Module):
         """W_ih = [W_u | W_t] (the input is [u; t]) and b = b_ih + b_hh."""
         w = self.lstm.weight_ih_l0
         return w[:, : self.region_dim], w[:, self.region_dim:], self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
-
-    def recurrence(self, X: Tensor, lengths: Tensor) -> Tensor:
-        """LSTM over pre-projected inputs X (B, L, 4H); returns the hidden state at each row's last word."""
-        H = self.lstm.hidden_size
-        w_hh = self.lstm.weight_hh_l0.T
-        h = X.new_zeros(len(X), H)
-        c = X.new_zeros(len(X), H)
-        out = X.new_zeros(len(X), H)
-        for k in range(int(lengths.max())):
-            gates = X[:, k] + h @ w_hh
-            i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out = torch.where((lengths == k + 1)[:, None], h, out)
-        return out
 
 
 class O2W(nn.Module):
@@ -248,19 +303,40 @@ class O2W(nn.Module):
         y = self.mlp(c.flatten(0, 1)).view(len(O), -1)  # Eq. 13: y'_j
         return y.mean(1), beta  # Eq. 14: Y'_i
 
-    def first_layer_split(self) -> tuple[Tensor, Tensor, Tensor]:
-        first = self.mlp[0]
-        return first.weight[:, : self.object_dim], first.weight[:, self.object_dim:], first.bias
-
 
 class BSSAN(nn.Module):
-    """Eq. 19: MS(V, T) = f_w2r(V, T) + λ f_o2w(V, T); a variant without one network drops its term."""
+    """Eq. 19: MS(V, T) = f_w2r(V, T) + λ f_o2w(V, T); a variant without one network drops its term.
+
+    Regions and objects are standardised per channel with statistics kept in the model (buffers
+    ``region_mean``/``region_std``, ``object_mean``/``object_std``; identity until
+    ``set_input_statistics`` is called with training features; a deviation, see docs/bssan.md)."""
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
         self.cfg = cfg
         self.w2r = W2R(cfg) if cfg.w2r else None
         self.o2w = O2W(cfg) if cfg.o2w else None
+        self.register_buffer("region_mean", torch.zeros(cfg.region_dim))
+        self.register_buffer("region_std", torch.ones(cfg.region_dim))
+        self.register_buffer("object_mean", torch.zeros(cfg.object_dim))
+        self.register_buffer("object_std", torch.ones(cfg.object_dim))
+        self._memo: dict[str, tuple] = {}
+        self.share_prefixes = True  # fast path: one W2R recurrence per distinct caption prefix (False: per caption)
+
+    def set_input_statistics(self, R: Tensor, O: Tensor) -> None:
+        """Per-channel mean and std of regions (N, D, M) and objects (N, P, Q), e.g. of the training images."""
+        with torch.no_grad():
+            for name, X, dim in (("region", R, self.cfg.region_dim), ("object", O, self.cfg.object_dim)):
+                if X.dim() != 3 or X.shape[2] != dim:
+                    raise ValueError(f"set_input_statistics: {name}s must be (N, ·, {dim}), got {tuple(X.shape)}")
+                var, mean = torch.var_mean(X.reshape(-1, dim).float(), dim=0)
+                getattr(self, f"{name}_mean").copy_(mean)
+                getattr(self, f"{name}_std").copy_(var.sqrt().clamp_min(1e-6))
+
+    def standardize(self, R: Tensor, O: Tensor) -> tuple[Tensor, Tensor]:
+        R = (R - self.region_mean) / self.region_std if self.w2r is not None else R
+        O = (O - self.object_mean) / self.object_std if self.o2w is not None else O
+        return R, O
 
     # ------------------------------------------------------------------ the paper's path
     def forward(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor,
@@ -271,6 +347,7 @@ class BSSAN(nn.Module):
         self._check(R, O, T, lengths)
         if uniform is not None and self.cfg.negative_attention == "softmax":
             uniform = None
+        R, O = self.standardize(R, O)
         zeros = T.new_zeros(len(T))
         f_w2r, alpha = self.w2r(R, T, lengths, uniform) if self.w2r is not None else (zeros, None)
         f_o2w, beta = self.o2w(O, T, lengths, uniform) if self.o2w is not None else (zeros, None)
@@ -278,66 +355,223 @@ class BSSAN(nn.Module):
                 "alpha": alpha, "beta": beta}
 
     # ------------------------------------------------------------------ the fast path (same function)
+    def _eval_only(self) -> None:
+        if self.training:
+            raise RuntimeError("BSSAN's fast path (encode_images / encode_captions / pair_scores) folds the "
+                               "batch norms' running statistics in: call model.eval() first")
+
     def encode_images(self, R: Tensor, O: Tensor) -> ImageCache:
         """Everything of Eq. 1-19 that depends on the image only, once per image."""
+        self._eval_only()
+        R, O = self.standardize(R, O)
         empty = R.new_zeros(len(R), 0, 0)
         WR = RU = OW = OC = empty
         if self.w2r is not None:
             w_u, _, _ = self.w2r.lstm_input_split()
-            WR, RU = self.w2r.attention.project_regions(R), R @ w_u.T
+            WR, RU = self.w2r.attention.project_regions(R), R @ _gate_order(w_u, self.cfg.w2r_lstm).T
         if self.o2w is not None:
-            w_o, _, _ = self.o2w.first_layer_split()
-            OW, OC = self.o2w.attention.project_objects(O), O @ w_o.T
-        return ImageCache(R, WR, RU, O, OW, OC)
+            w1, _, _ = _fold_mlp(self.o2w.mlp)[0]
+            OW, OC = self.o2w.attention.project_objects(O), O @ w1[:, : self.cfg.object_dim].T
+        return ImageCache(WR, RU, OW, OC)
 
     def encode_captions(self, T: Tensor, lengths: Tensor) -> CaptionCache:
         """Everything that depends on the caption only, once per caption (BiLSTM states included)."""
+        self._eval_only()
         _check_lengths(lengths, T.shape[1])
         mask = word_mask(lengths, T.shape[1])
         empty = T.new_zeros(len(T), 0, 0)
         TX = S = SC = empty
         if self.w2r is not None:
             _, w_t, b = self.w2r.lstm_input_split()
-            TX = T @ w_t.T + b
+            H = self.cfg.w2r_lstm
+            TX = T @ _gate_order(w_t, H).T + _gate_order(b, H)
         if self.o2w is not None:
-            _, w_s, b1 = self.o2w.first_layer_split()
+            w1, b1, _ = _fold_mlp(self.o2w.mlp)[0]
             S = self.o2w.states(T, lengths)
-            SC = S @ w_s.T + b1
+            SC = S @ w1[:, self.cfg.object_dim:].T + b1
         return CaptionCache(T, lengths, mask, TX, S, SC)
 
     def pair_scores(self, images: ImageCache, captions: CaptionCache, image_idx: Tensor, caption_idx: Tensor,
                     return_parts: bool = False):
         """Eq. 19 for the pairs (images[image_idx[n]], captions[caption_idx[n]]) from the caches.
 
-        Equals ``forward`` on the same pairs (eval mode) up to float rounding. The pairs are grouped by
-        image so that the image terms are never copied per pair: per image one matrix product gives the
-        LSTM inputs of all its captions; then one LSTM recurrence and the MLPs run over every pair at once.
+        Equals ``forward`` on the same pairs (eval mode) up to float rounding. When every image of the call
+        has the same captions (a block of the full score matrix) the block is scored at once
+        (``score_block``); otherwise W2R runs image by image and O2W caption by caption, so pass long
+        pair lists (the two-stage mode passes all its pairs at once).
         """
-        cfg = self.cfg
-        order = torch.argsort(image_idx, stable=True)
+        self._eval_only()
+        image_idx, caption_idx = image_idx.long(), caption_idx.long()
+        n_cap = len(captions.lengths) + 1
+        order = torch.argsort(image_idx * n_cap + caption_idx)
         img, cap = image_idx[order], caption_idx[order]
-        lengths = captions.lengths[cap]
-        L = int(lengths.max())
         uniq, counts = torch.unique_consecutive(img, return_counts=True)
-        ends = torch.cumsum(counts, 0).tolist()
-        starts = [0] + ends[:-1]
-        n = len(img)
-        X = images.R.new_empty(n, L, images.RU.shape[-1]) if self.w2r is not None else None
-        first = images.R.new_empty(n, images.OC.shape[1], images.OC.shape[-1]) if self.o2w is not None else None
-        for i, a, b in zip(uniq.tolist(), starts, ends):
-            c = cap[a:b]
-            if X is not None:
-                alpha = self.w2r.attention.weights(captions.T[c, :L], images.WR[i:i + 1])  # Eq. 1-2
-                X[a:b] = alpha @ images.RU[i] + captions.TX[c, :L]  # W_ih [u_k; t_k] + b, u_k = α^k R (Eq. 3)
-            if first is not None:
-                beta = self.o2w.attention.weights(images.OW[i:i + 1], captions.S[c, :L], captions.mask[c, :L])  # Eq. 9-10
-                first[a:b] = beta @ captions.SC[c, :L] + images.OC[i]  # layer 1 on [o_j; u_j] (Eq. 11, 13)
-        zeros = images.R.new_zeros(n)
-        f_w2r = self.w2r.mlp(self.w2r.recurrence(X, lengths)).squeeze(-1) if X is not None else zeros
-        f_o2w = self.o2w.mlp[1:](first.flatten(0, 1)).view(n, -1).mean(1) if first is not None else zeros  # Eq. 14
-        score = f_w2r + cfg.lam * f_o2w  # Eq. 19
-        out = [torch.empty_like(v).index_copy_(0, order, v) for v in (score, f_w2r, f_o2w)]
-        return tuple(out) if return_parts else out[0]
+        parts = captions.T.new_zeros(3, len(img))
+        groups = cap.view(len(uniq), -1) if bool((counts == counts[0]).all()) else None
+        if groups is not None and bool((groups == groups[:1]).all()):  # a block: every image, the same captions
+            parts[:] = self.score_block(images, captions, uniq, groups[0]).flatten(1)
+        else:  # W2R image by image (its region terms); O2W by caption (many objects in one product) or by image
+            if self.w2r is not None:
+                parts[1] = self._w2r_pairs(images, captions, img, cap, uniq, counts)
+            if self.o2w is not None:
+                by_cap = torch.argsort(cap * n_cap + img)
+                c_uniq, c_counts = torch.unique_consecutive(cap[by_cap], return_counts=True)
+                if len(c_uniq) < len(uniq):  # fewer captions than images: caption by caption
+                    f, a = torch.empty_like(parts[2]), 0
+                    for c, m in zip(c_uniq.tolist(), c_counts.tolist()):
+                        f[a:a + m] = self._o2w_block(images, captions, img[by_cap[a:a + m]], c_uniq.new_tensor([c]))[:, 0]
+                        a += m
+                    parts[2, by_cap] = f
+                else:
+                    a = 0
+                    for i, m in zip(uniq.tolist(), counts.tolist()):
+                        parts[2, a:a + m] = self._o2w_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[0]
+                        a += m
+            parts[0] = parts[1] + self.cfg.lam * parts[2]  # Eq. 19
+        out = torch.empty_like(parts).index_copy_(1, order, parts)
+        return (out[0], out[1], out[2]) if return_parts else out[0]
+
+    def score_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                    caption_rows: Tensor) -> Tensor:
+        """(3, G, n): score (Eq. 19), f_w2r and f_o2w of every pair of G images x n captions."""
+        self._eval_only()
+        G, n = len(image_rows), len(caption_rows)
+        zeros = captions.T.new_zeros(G, n)
+        f_w2r = self._w2r_block(images, captions, image_rows, caption_rows) if self.w2r is not None else zeros
+        f_o2w = self._o2w_block(images, captions, image_rows, caption_rows) if self.o2w is not None else zeros
+        return torch.stack([f_w2r + self.cfg.lam * f_o2w, f_w2r, f_o2w])  # Eq. 19
+
+    def _tree(self, captions: CaptionCache, caption_rows: Tensor) -> list[tuple[_Level, Tensor, Tensor]]:
+        """The prefix tree of the captions ``caption_rows`` with each node's word vector and word half of the
+        LSTM input (gathered once). The last tree is kept: a score matrix asks for the same captions image
+        block after image block. Words are told apart by their vectors."""
+        ids = self._word_ids(captions)
+        if not self.share_prefixes:  # every caption its own first word, hence its own path
+            ids = ids.clone()
+            ids[:, 0] = torch.arange(len(ids))
+        key = (self.share_prefixes, caption_rows.cpu().numpy().tobytes())
+        tree = self._memo.get("tree")
+        if tree is None or tree[0] is not captions.T or tree[1] != key:
+            levels = prefix_tree(ids[caption_rows], captions.lengths[caption_rows])
+            nodes = [(level, captions.T[caption_rows[level.rep], k].T.contiguous(),
+                      captions.TX[caption_rows[level.rep], k]) for k, level in enumerate(levels)]
+            tree = self._memo["tree"] = (captions.T, key, nodes)
+        return tree[2]
+
+    def _w2r_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                   caption_rows: Tensor) -> Tensor:
+        """f_w2r (G, n), Eq. 1-6: the LSTM runs once per (image, distinct caption prefix)."""
+        H, G, n = self.cfg.w2r_lstm, len(image_rows), len(caption_rows)
+        WR = images.WR[image_rows]  # (G, D, E)
+        D = WR.shape[1]
+        WR2 = WR.reshape(G * D, -1)
+        RU = images.RU[image_rows]  # (G, D, 4H)
+        w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T  # (H, 4H)
+        WR2, b2 = 2 * WR2, 2 * self.w2r.attention.b  # tanh(z) = 2σ(2z) - 1, and softmax ignores the -1
+        last = WR.new_empty(G, n, H)
+        h = c2 = None
+        for level, Tk, TXk in self._tree(captions, caption_rows):
+            e = torch.addmm(b2, WR2, Tk).view(G, D, -1)  # 2 (t_kᵀ W r_j + b) for every region and node
+            alpha = torch.softmax(e.sigmoid_().mul_(2), dim=1)  # Eq. 1-2, over the D regions
+            gates = torch.baddbmm(TXk, alpha.transpose(1, 2), RU)  # W_ih [u_k; t_k] + b (Eq. 3)
+            if h is not None:
+                hp, cp = h.index_select(1, level.parent), c2.index_select(1, level.parent)
+                gates.view(-1, 4 * H).addmm_(hp.view(-1, H), w_hh)
+            i, f, o, g2 = gates.sigmoid_().split(H, dim=-1)
+            g2 = g2.mul_(4).sub_(2)  # 2 tanh(z_g)
+            c2 = i * g2 if h is None else torch.addcmul(i * g2, f, cp)  # 2 c_k
+            h = torch.sigmoid(c2).mul_(2).sub_(1).mul_(o)  # o tanh(c_k)
+            if len(level.end_caps):
+                last[:, level.end_caps] = h[:, level.end_nodes]
+        return _run_folded(_fold_mlp(self.w2r.mlp), last.view(G * n, H)).view(G, n)  # Eq. 5-6
+
+    def _word_ids(self, captions: CaptionCache) -> Tensor:
+        """(C, L) ids, equal exactly where the word vectors are equal (kept for the last caption cache)."""
+        words = self._memo.get("words")
+        if words is None or words[0] is not captions.T:  # the memo holds the cache itself: `is` cannot be fooled
+            T = captions.T
+            ids = torch.unique(T.reshape(-1, T.shape[-1]), dim=0, return_inverse=True)[1].view(T.shape[:2])
+            words = self._memo["words"] = (T, ids)
+        return words[1]
+
+    def _w2r_pairs(self, images: ImageCache, captions: CaptionCache, img: Tensor, cap: Tensor, uniq: Tensor,
+                   counts: Tensor, group_pairs: int = 8192) -> Tensor:
+        """f_w2r of an arbitrary pair list (sorted by image; ``uniq``/``counts`` its images): images with
+        similar numbers of pairs are taken together, each with its own captions (``_w2r_ragged``)."""
+        out = captions.T.new_empty(len(img))
+        starts = torch.cumsum(counts, 0) - counts
+        by_size = torch.argsort(counts, stable=True).tolist()
+        group: list[int] = []
+        for u in by_size + [None]:
+            size = sum(int(counts[g]) for g in group)
+            if group and (u is None or size + int(counts[u]) > group_pairs):
+                rows = torch.cat([torch.arange(int(starts[g]), int(starts[g] + counts[g])) for g in group])
+                slots = torch.repeat_interleave(torch.arange(len(group)), counts[group])
+                out[rows] = self._w2r_ragged(images, captions, uniq[group], slots, cap[rows])
+                group = []
+            if u is not None:
+                group.append(u)
+        return out
+
+    def _w2r_ragged(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor, slots: Tensor,
+                    cap: Tensor) -> Tensor:
+        """f_w2r (n,) of the pairs (image_rows[slots[p]], cap[p]), ``slots`` non-decreasing: as ``_w2r_block``
+        over the prefix tree of the (image, caption) pairs, each image's nodes padded to the widest image."""
+        H, G = self.cfg.w2r_lstm, len(image_rows)
+        ids = self._word_ids(captions)[cap].clone()
+        first = ids[:, 0] if self.share_prefixes else torch.arange(len(cap))
+        ids[:, 0] = slots * (int(first.max()) + 1) + first  # the image is part of every prefix
+        levels = prefix_tree(ids, captions.lengths[cap])
+        WR = images.WR[image_rows]
+        D = WR.shape[1]
+        WR2, b2 = 2 * WR, 2 * self.w2r.attention.b  # as in _w2r_block
+        RU = images.RU[image_rows]
+        w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T
+        last = WR.new_empty(len(cap), H)
+        h = c2 = prev_pos = None
+        for k, level in enumerate(levels):
+            slot = slots[level.rep]
+            width = torch.bincount(slot, minlength=G)
+            m = int(width.max())
+            pos = slot * m + torch.arange(len(slot)) - (torch.cumsum(width, 0) - width)[slot]
+            rows = cap[level.rep]
+            Tn = WR.new_zeros(G * m, WR.shape[2]).index_copy_(0, pos, captions.T[rows, k])
+            TXn = WR.new_zeros(G * m, 4 * H).index_copy_(0, pos, captions.TX[rows, k])
+            e = torch.baddbmm(b2, WR2, Tn.view(G, m, -1).transpose(1, 2))  # (G, D, m)
+            alpha = torch.softmax(e.sigmoid_().mul_(2), dim=1)  # Eq. 1-2
+            gates = torch.baddbmm(TXn.view(G, m, -1), alpha.transpose(1, 2), RU)  # Eq. 3
+            if h is not None:
+                parent = torch.zeros(G * m, dtype=torch.long).index_copy_(0, pos, prev_pos[level.parent])
+                hp, cp = h.index_select(0, parent), c2.index_select(0, parent)
+                gates.view(-1, 4 * H).addmm_(hp, w_hh)
+            i, f, o, g2 = gates.view(G * m, 4 * H).sigmoid_().split(H, dim=-1)
+            g2 = g2.mul_(4).sub_(2)
+            c2 = i * g2 if h is None else torch.addcmul(i * g2, f, cp)
+            h = torch.sigmoid(c2).mul_(2).sub_(1).mul_(o)
+            if len(level.end_caps):
+                last[level.end_caps] = h[pos[level.end_nodes]]
+            prev_pos = pos
+        return _run_folded(_fold_mlp(self.w2r.mlp), last).view(-1)  # Eq. 5-6
+
+    def _o2w_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
+                   caption_rows: Tensor) -> Tensor:
+        """f_o2w (G, n), Eq. 9-14, caption-major: one product gives every object's logits over every word."""
+        G, n = len(image_rows), len(caption_rows)
+        L = int(captions.lengths[caption_rows].max())
+        contiguous = n == 1 or bool((caption_rows.diff() == 1).all())
+        sl = slice(int(caption_rows[0]), int(caption_rows[0]) + n) if contiguous else caption_rows
+        S, SC, mask = captions.S[sl, :L], captions.SC[sl, :L], captions.mask[sl, :L]
+        OW = images.OW[image_rows].reshape(-1, images.OW.shape[-1])  # (G·P, B)
+        P = images.OW.shape[1]
+        e = torch.addmm(2 * self.o2w.attention.b, S.reshape(-1, S.shape[-1]), 2 * OW.T).view(n, L, G * P)
+        e = e.sigmoid_().mul_(2)  # tanh(z) + 1 = 2σ(2z): Eq. 10 up to a constant, which softmax ignores
+        beta = torch.softmax(e.masked_fill_(~mask[:, :, None], float("-inf")), dim=1)  # Eq. 9, over the words
+        first = torch.bmm(beta.transpose(1, 2), SC)  # layer 1 on u_j = Σ_k β s_k (Eq. 11, 13), word half
+        first += images.OC[image_rows].reshape(1, G * P, -1)  # ... and its object half
+        layers = _fold_mlp(self.o2w.mlp)
+        x = first.sigmoid_() if layers[0][2] else first
+        y = _run_folded(layers[1:], x.view(n * G * P, -1)).view(n, G, P)  # Eq. 13
+        return y.mean(2).T  # Eq. 14
 
     def _check(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor) -> None:
         cfg = self.cfg
@@ -367,8 +601,9 @@ def l2_penalty(model: nn.Module) -> Tensor:
 
 class BSSANLoss(nn.Module):
     """Eq. 18: L = L1 (Eq. 7) + λ L2 (Eq. 17) + δ L_reg, with hinge ranking losses
-    max(0, M - Y_i + Y_i^-) averaged (not summed) over the pairs so the learning rate does not depend
-    on the batch size. A variant without one network drops its term."""
+    max(0, M - Y_i + Y_i^-) summed over the pairs of the batch as in the paper (``hinge_reduction: mean``
+    averages them, which makes δ L_reg weigh batch-size times more). A variant without one network
+    drops its term."""
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
@@ -377,8 +612,9 @@ class BSSANLoss(nn.Module):
     def forward(self, model: BSSAN, positive: dict[str, Tensor], negative: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         zero = positive["score"].new_zeros(())
-        l1 = (cfg.margin - positive["f_w2r"] + negative["f_w2r"]).clamp_min(0).mean() if cfg.w2r else zero  # Eq. 7
-        l2 = (cfg.margin - positive["f_o2w"] + negative["f_o2w"]).clamp_min(0).mean() if cfg.o2w else zero  # Eq. 17
+        reduce = torch.sum if cfg.hinge_reduction == "sum" else torch.mean
+        l1 = reduce((cfg.margin - positive["f_w2r"] + negative["f_w2r"]).clamp_min(0)) if cfg.w2r else zero  # Eq. 7
+        l2 = reduce((cfg.margin - positive["f_o2w"] + negative["f_o2w"]).clamp_min(0)) if cfg.o2w else zero  # Eq. 17
         reg = l2_penalty(model) if cfg.delta > 0 else zero
         loss = l1 + cfg.lam * l2 + cfg.delta * reg
         return {"loss": loss, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}

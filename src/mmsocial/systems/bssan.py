@@ -53,6 +53,8 @@ class ModelSettings(StrictModel):
     lam: Optional[float] = Field(None, ge=0)
     delta: Optional[float] = Field(None, ge=0)
     negative_attention: Optional[Literal["uniform", "softmax"]] = None
+    hinge_reduction: Optional[Literal["sum", "mean"]] = Field(None, description="Eq. 7/17: sum (paper) or mean")
+    standardize: Optional[bool] = Field(None, description="regions/objects standardised with training statistics")
     lr: Optional[float] = Field(None, gt=0)
     momentum: Optional[float] = Field(None, ge=0, lt=1)
     batch_size: Optional[int] = Field(None, ge=2)
@@ -66,10 +68,13 @@ class TrainSettings(StrictModel):
     """Trainer settings of the BSSAN rows beyond the model config's lr/momentum/batch/epochs."""
 
     max_steps: Optional[int] = Field(None, ge=1)
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="paper: SGD (lr and momentum from the model "
-                                              "settings); adam uses the model's lr")
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="adam (CPU default, lr 1e-3) or sgd (the "
+                                              "paper's: lr and momentum of the model settings, 0.01 / 0.9)")
+    lr: Optional[float] = Field(None, gt=0, description="None: 1e-3 for adam, the model's lr (paper 0.01) for sgd")
     grad_clip: Optional[float] = Field(5.0, gt=0, description="max global gradient norm (paper: none given)")
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
+    negatives: Literal["caption", "both"] = Field("caption", description="caption: a negative caption per image "
+                                                  "(Eq. 7/17 as printed); both: also a negative image per caption")
     progress: bool = True
 
 
@@ -77,7 +82,8 @@ class DualEncoderSettings(StrictModel):
     embed_dim: int = Field(256, ge=1)
     hidden: int = Field(256, ge=1, description="GRU size")
     margin: float = Field(0.2, ge=0)
-    max_violation: bool = Field(True, description="VSE++ hardest negative; false = sum of hinges")
+    max_violation: bool = Field(True, description="VSE++ hardest negative; false = sum of hinges (the demo's and "
+                                "table2.yaml's: max-violation from scratch does not learn on short schedules)")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(128, ge=2)
     epochs: int = Field(15, ge=1)
@@ -403,6 +409,54 @@ def _history(result) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]
 
 
+def _bssan_run_config(data: Data, cfg: Config, variant: str) -> dict:
+    """What a BSSAN checkpoint was trained with: enough to rebuild it (``load_trained``) and to tell
+    whether a trained one can be re-used (the two-stage row)."""
+    return {"bssan": _bssan_config(cfg, data, variant).to_dict(), "variant": variant,
+            "train": cfg.train.model_dump(exclude={"progress"}), "data": data.fingerprint()}
+
+
+def _dual_run_config(data: Data, cfg: Config) -> dict:
+    return {"dual": cfg.dual.model_dump(), "image_dim": int(data.regions.shape[2]),
+            "word_dim": int(data.embeddings.shape[1]), "data": data.fingerprint()}
+
+
+def load_trained(run_dir: Path, which: str = "best"):
+    """The BSSAN model or dual encoder of a run folder written by ``train_bssan`` / ``train_dual_encoder``
+    (a cell's ``bssan`` or ``dual`` folder, or `mmsocial train bssan`'s folder), in eval mode on the CPU,
+    with the run configuration it was trained with."""
+    from mmsocial.models.baselines.dual_encoder import DualEncoder
+    from mmsocial.models.bssan import BSSAN, BSSANConfig
+    from mmsocial.train.checkpoint import find_checkpoint, load_checkpoint
+
+    folder = find_checkpoint(run_dir, which)
+    run = json.loads((folder / "config.json").read_text()).get("run") or {}
+    if "bssan" in run:
+        model = BSSAN(BSSANConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["bssan"].items()}))
+    elif "dual" in run and "image_dim" in run:
+        d = DualEncoderSettings(**run["dual"])
+        model = DualEncoder(run["image_dim"], run["word_dim"], d.embed_dim, d.hidden)
+    else:
+        raise ValueError(f"{folder / 'config.json'}: no BSSAN or dual-encoder run configuration (field 'run'); "
+                         f"give a folder written by train_bssan or train_dual_encoder of this version")
+    load_checkpoint(folder, model)
+    return model.eval(), run
+
+
+def _reuse(cell_dir: Optional[Path], run_config: dict):
+    """The model trained in ``cell_dir`` (a finished cell of the same seed) when it was trained with exactly
+    ``run_config``; None otherwise."""
+    if cell_dir is None or not (cell_dir.parent / "result.json").is_file():
+        return None
+    try:
+        model, run = load_trained(cell_dir)
+    except Exception as e:  # no checkpoint, or one of another version: train anew
+        log.info("not re-using %s: %s", cell_dir, e)
+        return None
+    same = json.loads(json.dumps(run, default=str)) == json.loads(json.dumps(run_config, default=str))
+    return model if same else None
+
+
 def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path):
     """Train one BSSAN variant on the training captions; the checkpoint kept is the best validation rsum."""
     from mmsocial.models.bssan import BSSAN, BSSANLoss
@@ -413,27 +467,37 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
     mcfg = _bssan_config(cfg, data, variant)
     torch.manual_seed(seed)
     model = BSSAN(mcfg)
+    if mcfg.standardize:  # statistics of the training images only, kept in the model's state dict
+        model.set_input_statistics(*data.image_features(data.images("train")))
     loss_fn = BSSANLoss(mcfg)
     tr_caps = data.captions(data.images("train"))
     pool_images = torch.from_numpy(data.caption_image[tr_caps])
+
+    both = cfg.train.negatives == "both"
 
     def batch_loss(m, batch):
         rows = batch["row"].cpu()
         caps = tr_caps[rows.numpy()]
         imgs = torch.from_numpy(data.caption_image[caps])
         neg = tr_caps[_negatives(imgs, pool_images).numpy()]
-        return pair_loss(m, imgs.numpy(), caps, neg)
+        neg_imgs = data.caption_image[tr_caps[_negatives(imgs, pool_images).numpy()]] if both else None
+        return pair_loss(m, imgs.numpy(), caps, neg, neg_imgs)
 
-    def pair_loss(m, imgs, caps, neg):
+    def pair_loss(m, imgs, caps, neg, neg_imgs=None):
+        """Eq. 7/17 with a negative caption T_i^- per image; with ``neg_imgs`` also a negative image per
+        caption (train.negatives: both), the hinges of both summed as one batch."""
         device = next(m.parameters()).device
-        R, O = data.image_features(imgs)
-        T, lengths = data.words(np.concatenate([caps, neg]))
         b = len(caps)
-        uniform = torch.arange(2 * b) >= b  # Eq. 8: the negative pairs get uniform attention
-        out = m(torch.cat([R, R]).to(device), torch.cat([O, O]).to(device), T.to(device), lengths,
-                uniform=uniform.to(device))
-        pos = {k: v[:b] for k, v in out.items() if k in ("f_w2r", "f_o2w", "score")}
-        negs = {k: v[b:] for k, v in out.items() if k in ("f_w2r", "f_o2w", "score")}
+        all_imgs = np.concatenate([imgs, imgs] + ([neg_imgs] if neg_imgs is not None else []))
+        all_caps = np.concatenate([caps, neg] + ([caps] if neg_imgs is not None else []))
+        R, O = data.image_features(all_imgs)
+        T, lengths = data.words(all_caps)
+        uniform = torch.arange(len(all_caps)) >= b  # Eq. 8: the negative pairs get uniform attention
+        out = m(R.to(device), O.to(device), T.to(device), lengths, uniform=uniform.to(device))
+        keys = ("f_w2r", "f_o2w", "score")
+        reps = (len(all_caps) - b) // b
+        pos = {k: out[k][:b].repeat(reps) for k in keys}
+        negs = {k: out[k][b:] for k in keys}
         return loss_fn(unwrap_model(m), pos, negs)
 
     v_imgs, v_caps, v_row = _eval_sets(data, "val", cfg.val_images, 1 << 30, seed)
@@ -450,13 +514,14 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
                 "val_i2t_R@1": metrics["i2t R@1"], "val_t2i_R@1": metrics["t2i R@1"]}
 
     t = cfg.train
-    tcfg = load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": t.optimizer, "lr": mcfg.lr,
+    lr = t.lr if t.lr is not None else (1e-3 if t.optimizer == "adam" else mcfg.lr)
+    tcfg = load_config({"epochs": mcfg.epochs, "batch_size": mcfg.batch_size, "optimizer": t.optimizer, "lr": lr,
                         "momentum": mcfg.momentum if t.optimizer == "sgd" else 0.0, "seed": seed, "device": cfg.device if cfg.device != "cpu" else "cpu",
                         "progress": t.progress, "grad_clip": t.grad_clip, "max_steps": t.max_steps,
                         "eval_every": t.eval_every, "drop_last": len(tr_caps) > mcfg.batch_size,
                         "early_stopping": {"metric": "val_rsum", "mode": "max", "patience": 1000}}, TrainConfig)
     result = train(model, FeatureDataset({"row": np.arange(len(tr_caps))}), batch_loss, tcfg, out_dir,
-                   evaluate=evaluate, resume=False, run_config={"bssan": mcfg.to_dict(), "variant": variant})
+                   evaluate=evaluate, resume=False, run_config=_bssan_run_config(data, cfg, variant))
     if result.best_checkpoint is not None:
         load_checkpoint(result.best_checkpoint, model)
     return model.to("cpu").eval(), result
@@ -501,7 +566,7 @@ def train_dual_encoder(data: Data, cfg: Config, seed: int, out_dir: Path):
                         "drop_last": len(tr_caps) > d.batch_size,
                         "early_stopping": {"metric": "val_rsum", "mode": "max", "patience": 1000}}, TrainConfig)
     result = train(model, FeatureDataset({"row": np.arange(len(tr_caps))}), batch_loss, tcfg, out_dir,
-                   evaluate=evaluate, resume=False, run_config={"dual": d.model_dump()})
+                   evaluate=evaluate, resume=False, run_config=_dual_run_config(data, cfg))
     if result.best_checkpoint is not None:
         load_checkpoint(result.best_checkpoint, model)
     return model.to("cpu").eval(), result
@@ -544,13 +609,22 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
         history, selection = _history(result), _selection(result, "val_rsum")
         metrics = image_text_retrieval(dual_scores(model, data, imgs, caps), caption_row)
     elif row == "BSSAN two-stage":
-        dual, dual_result = train_dual_encoder(data, cfg, seed, workdir / "dual")
-        model, result = train_bssan(data, cfg, "bssan", seed, workdir / "bssan")
-        history, selection = _history(result), _selection(result, "val_rsum")
+        # the Dual encoder and BSSAN cells of this seed, when finished with the same settings, are re-used
+        from mmsocial.experiment import cell_dir
+
+        root = workdir.parent
+        dual = _reuse(cell_dir(root, "Dual encoder", seed) / "dual", _dual_run_config(data, cfg))
+        diagnostics["reused_dual_encoder"] = float(dual is not None)
+        if dual is None:
+            dual, _ = train_dual_encoder(data, cfg, seed, workdir / "dual")
+        model = _reuse(cell_dir(root, "BSSAN", seed) / "bssan", _bssan_run_config(data, cfg, "bssan"))
+        diagnostics["reused_bssan"] = float(model is not None)
+        if model is None:
+            model, result = train_bssan(data, cfg, "bssan", seed, workdir / "bssan")
+            history, selection = _history(result), _selection(result, "val_rsum")
         t = time.perf_counter()
         first = dual_scores(dual, data, imgs, caps)
-        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k,
-                                           cfg.chunk_pairs)
+        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k)
         seconds = time.perf_counter() - t
         metrics = image_text_retrieval(scores, caption_row)
         diagnostics.update(two_stage_seconds=seconds, pairs_scored=n_pairs, k=cfg.two_stage_k)
@@ -596,7 +670,8 @@ def demo(corpus_dir: Path, workdir: Path):
 
     cfg = Config(name="demo", corpus=str(corpus_dir), workdir=str(workdir), seeds=[0], rows=DEMO_ROWS,
                  tables=["table2"], threads=1, two_stage_k=50, two_stage_full=False, val_images=100,
-                 objects_from="regions", model=ModelSettings(epochs=3), dual=DualEncoderSettings(epochs=8),
+                 objects_from="regions", model=ModelSettings(epochs=3),
+                 dual=DualEncoderSettings(epochs=8, max_violation=False),
                  train=TrainSettings(progress=False))
     return run_experiment(cfg, progress=False)
 
@@ -606,8 +681,6 @@ def attention_pictures(run_dir: Path, out: Optional[Path] = None, count: int = 4
     """W2R heat maps and O2W line charts of the first ``count`` test images (with their first caption)
     of a run folder written by `mmsocial train bssan`."""
     from mmsocial.experiment import load_corpus
-    from mmsocial.models.bssan import BSSAN, BSSANConfig
-    from mmsocial.train.checkpoint import load_checkpoint
     from mmsocial.viz.bssan_attention import o2w_figure, w2r_figure
 
     run_dir = Path(run_dir)
@@ -617,11 +690,7 @@ def attention_pictures(run_dir: Path, out: Optional[Path] = None, count: int = 4
     cfg = load_config(run_dir / "config.yaml", Config)
     corpus = load_corpus(cfg)
     data = prepare(corpus, cfg)
-    saved = json.loads((run_dir / "model.json").read_text())
-    mcfg = saved["model"]
-    model = BSSAN(BSSANConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mcfg.items()}))
-    load_checkpoint(run_dir, model)
-    model.eval()
+    model, _ = load_trained(run_dir)
     out = Path(out) if out is not None else run_dir / "attention"
     written = []
     for i in data.images("test")[:count]:

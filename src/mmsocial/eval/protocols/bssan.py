@@ -89,22 +89,22 @@ PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image idx,
 
 
 def pair_score_matrix(score_pairs: PairScorer, n_images: int, n_captions: int, chunk_pairs: int = 16384,
-                      progress: bool = False) -> np.ndarray:
-    """Every (image, caption) score, ``chunk_pairs`` pairs per call of ``score_pairs`` (under
-    inference mode): a block of images x all captions at a time."""
-    if chunk_pairs < 1:
-        raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
+                      progress: bool = False, caption_block: int = 1024) -> np.ndarray:
+    """Every (image, caption) score, about ``chunk_pairs`` pairs per call of ``score_pairs`` (under
+    inference mode): blocks of images x up to ``caption_block`` captions, caption block by caption block
+    (so that a scorer can keep what it derived from one caption block for every image block)."""
+    if chunk_pairs < 1 or caption_block < 1:
+        raise ValueError(f"chunk_pairs and caption_block must be >= 1, got {chunk_pairs}, {caption_block}")
     out = np.empty((n_images, n_captions), dtype=np.float32)
-    caption_idx = torch.arange(n_captions)
-    per_image = max(1, chunk_pairs // max(n_captions, 1))
+    cb = max(1, min(n_captions, caption_block, chunk_pairs))
+    per_image = max(1, chunk_pairs // cb)
+    blocks = [(a, c0) for c0 in range(0, n_captions, cb) for a in range(0, n_images, per_image)]
     with torch.inference_mode():
-        for a in tqdm(range(0, n_images, per_image), desc="pair scores", disable=not progress):
-            b = min(a + per_image, n_images)
-            for c0 in range(0, n_captions, chunk_pairs):
-                c1 = min(c0 + chunk_pairs, n_captions)
-                img = torch.arange(a, b).repeat_interleave(c1 - c0)
-                cap = caption_idx[c0:c1].repeat(b - a)
-                out[a:b, c0:c1] = score_pairs(img, cap).float().cpu().view(b - a, c1 - c0).numpy()
+        for a, c0 in tqdm(blocks, desc="pair scores", disable=not progress):
+            b, c1 = min(a + per_image, n_images), min(c0 + cb, n_captions)
+            img = torch.arange(a, b).repeat_interleave(c1 - c0)
+            cap = torch.arange(c0, c1).repeat(b - a)
+            out[a:b, c0:c1] = score_pairs(img, cap).float().cpu().view(b - a, c1 - c0).numpy()
     return out
 
 
@@ -123,8 +123,9 @@ def candidate_pairs(first_stage: np.ndarray, k: int) -> np.ndarray:
 
 
 def two_stage_scores(first_stage: np.ndarray, score_pairs: PairScorer, k: int,
-                     chunk_pairs: int = 16384) -> tuple[np.ndarray, int]:
-    """Re-rank the first stage's top-k with ``score_pairs`` in both directions.
+                     chunk_pairs: int = 1 << 22) -> tuple[np.ndarray, int]:
+    """Re-rank the first stage's top-k with ``score_pairs`` in both directions, ``chunk_pairs`` pairs
+    per call (large: a scorer can group long pair lists by image and by caption).
 
     Returns a score matrix in which, for every query, its re-scored candidates rank above every
     other item (ordered by the model's score) and the rest keep the first stage's order; and the
