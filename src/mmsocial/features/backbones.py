@@ -286,6 +286,22 @@ def images_to_tensor(images: Sequence, size: int | tuple[int, int]) -> torch.Ten
     return torch.stack([image_to_tensor(im, size) for im in images])
 
 
+def upload_regions(backbone: "str | Backbone", weights: "str | os.PathLike", image_size: int
+                   ) -> Callable[[Sequence], np.ndarray]:
+    """For a served run: ``regions(images)`` -> (N, R, C) float32 region grids of opened images, as the
+    feature store computes them. The backbone is loaded on the first call, so a run that never gets an
+    uploaded image never loads it."""
+    loaded: dict = {}
+
+    @torch.no_grad()
+    def regions(images: Sequence) -> np.ndarray:
+        if "net" not in loaded:
+            loaded["net"] = load_backbone(backbone, weights)
+        x = torch.stack([image_to_tensor(im, image_size) for im in images])
+        return loaded["net"].region_grid(x).float().numpy()
+    return regions
+
+
 def image_to_tensor(image, size: int | tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 

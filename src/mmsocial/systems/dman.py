@@ -599,16 +599,9 @@ def load_run(run_dir: Path):
     vocab = saved["tags"]
     word_row = {w: i for i, w in enumerate(vocab)}
     row_of_post = {p: i for i, p in enumerate(data.post_ids)}
-    backbone: dict = {}
+    from mmsocial.features.backbones import upload_regions
 
-    def regions_of_images(images) -> np.ndarray:
-        from mmsocial.features.backbones import image_to_tensor, load_backbone
-
-        if "net" not in backbone:
-            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
-        with torch.no_grad():
-            x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
-            return backbone["net"].region_grid(x).float().numpy()
+    regions_of_images = upload_regions(cfg.backbone, cfg.weights, cfg.image_size)
 
     def post_regions(post_ids: list[str]) -> np.ndarray:
         rows = [row_of_post.get(p) for p in post_ids]

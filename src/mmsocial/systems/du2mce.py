@@ -662,7 +662,9 @@ def load_run(run_dir: Path):
     image_posts = [str(p) for p in z["image_posts"]]
     image_vectors = _unit(z["images"])
     row_of_image = {p: i for i, p in enumerate(image_posts)}
-    backbone: dict = {}
+    from mmsocial.features.backbones import upload_regions
+
+    regions_of_images = upload_regions(cfg.backbone, cfg.weights, cfg.image_size)
 
     def tokens(word_lists: list[list[str]]) -> torch.Tensor:
         out = np.zeros((len(word_lists), mcfg.max_length), dtype=np.int64)
@@ -671,14 +673,8 @@ def load_run(run_dir: Path):
             out[i, : len(ids)] = ids
         return torch.from_numpy(out)
 
-    @torch.no_grad()
     def pooled(images) -> np.ndarray:
-        from mmsocial.features.backbones import image_to_tensor, load_backbone
-
-        if "net" not in backbone:
-            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
-        x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
-        return backbone["net"].region_grid(x).float().mean(1).numpy()
+        return regions_of_images(images).mean(1)
 
     @torch.no_grad()
     def encode_images(features: np.ndarray) -> np.ndarray:

@@ -634,16 +634,12 @@ def load_run(run_dir: Path):
         raise ValueError(f"{run_dir}: the semantic vectors recomputed from the corpus differ from the run's "
                          f"semantic_test.npz (corpus, features or LDA changed since training); retrain the run")
     sx, st = (a.astype(np.float32) for a in semantic_vectors(model, data.image, data.text))
-    backbone: dict = {}
+    from mmsocial.features.backbones import upload_regions
 
-    @torch.no_grad()
+    regions_of_images = upload_regions(cfg.backbone, cfg.weights, cfg.image_size)
+
     def pooled(images) -> np.ndarray:
-        from mmsocial.features.backbones import image_to_tensor, load_backbone
-
-        if "net" not in backbone:
-            backbone["net"] = load_backbone(cfg.backbone, cfg.weights)
-        x = torch.stack([image_to_tensor(im, cfg.image_size) for im in images])
-        return backbone["net"].region_grid(x).float().mean(1).numpy()
+        return regions_of_images(images).mean(1)
 
     def image_vectors(pooled_vectors: np.ndarray) -> np.ndarray:
         return semantic_vectors(model, image_features(data, pooled_vectors), np.zeros((0, data.text.shape[1]),
