@@ -192,6 +192,27 @@ def run_system(run_dir: str | Path) -> str:
     return str(cfg["system"])
 
 
+def require_run_files(run_dir: Path, names: tuple[str, ...], system: str) -> None:
+    """For a system's ``load_run``: a FileNotFoundError naming the first of ``names`` missing from the run."""
+    for name in names:
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing; this run was not written by `mmsocial train {system}`")
+
+
+def served_corpus(cfg: Any, config_path: Path):
+    """For a system's ``load_run``: the corpus the run's config names (its ``threads`` applied), or a
+    FileNotFoundError naming the config when it names none."""
+    import torch
+
+    from mmsocial.data.corpus import Corpus
+
+    if getattr(cfg, "threads", None):
+        torch.set_num_threads(cfg.threads)
+    if not cfg.corpus:
+        raise FileNotFoundError(f"{config_path}: no `corpus:`; the served run needs its corpus")
+    return Corpus.load(cfg.corpus)
+
+
 def load_run(run_dir: str | Path) -> Served:
     """The run in ``run_dir`` through its system's ``load_run`` hook."""
     name = run_system(run_dir)

@@ -734,13 +734,11 @@ def load_run(run_dir: Path):
     from mmsocial.experiment import load_corpus
     from mmsocial.features.text import Vocabulary, tokenize
     from mmsocial.models.bssan import BSSAN, BSSANConfig
-    from mmsocial.systems import RUN_CONFIG, Served
+    from mmsocial.systems import RUN_CONFIG, Served, require_run_files
     from mmsocial.train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
-    for f in (RUN_CONFIG, "model.json", "vocabulary.json"):
-        if not (run_dir / f).is_file():
-            raise FileNotFoundError(f"{run_dir / f}: missing; this run was not written by `mmsocial train bssan`")
+    require_run_files(run_dir, (RUN_CONFIG, "model.json", "vocabulary.json"), "bssan")
     cfg = load_config(run_dir / RUN_CONFIG, Config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -571,27 +571,20 @@ def load_run(run_dir: Path):
     image -> texts ranks words by Y_k). Explanations are the attention maps A of Eq. 6 over the region
     grid. Weights load from safetensors only."""
     from mmsocial.config import load_config
-    from mmsocial.data.corpus import Corpus
     from mmsocial.features.text import tag_vectors, tokenize
     from mmsocial.models.dman import DMAN, DMANConfig, DMANFC
-    from mmsocial.systems import RUN_CONFIG, Collection, Served
+    from mmsocial.systems import RUN_CONFIG, Collection, Served, require_run_files, served_corpus
     from mmsocial.train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / RUN_CONFIG, Config)
-    vocab_path = run_dir / "vocabulary.json"
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"{vocab_path}: missing; this run was not written by `mmsocial train dman`")
-    saved = json.loads(vocab_path.read_text())
+    require_run_files(run_dir, ("vocabulary.json",), "dman")
+    saved = json.loads((run_dir / "vocabulary.json").read_text())
     mcfg = DMANConfig(**saved["model"])
     model = DMAN(mcfg) if mcfg.variant == "dman" else DMANFC(mcfg)
     load_checkpoint(run_dir, model)  # safetensors
     model.eval()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    corpus = Corpus.load(cfg.corpus) if cfg.corpus else None
-    if corpus is None:
-        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
+    corpus = served_corpus(cfg, run_dir / RUN_CONFIG)
     data = prepare(corpus, cfg)
     if data.tag_vocabulary != saved["tags"]:
         raise ValueError(f"{run_dir}: the corpus's top-{cfg.num_tags} tags differ from the run's vocabulary.json "

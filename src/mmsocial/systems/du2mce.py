@@ -638,24 +638,18 @@ def load_run(run_dir: Path):
     from mmsocial.config import load_config
     from mmsocial.features.text import tokenize
     from mmsocial.models.du2mce import DU2MCE, DU2MCEConfig
-    from mmsocial.systems import RUN_CONFIG, Collection, Served
+    from mmsocial.systems import RUN_CONFIG, Collection, Served, require_run_files, served_corpus
     from mmsocial.train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / RUN_CONFIG, Config)
-    for name in ("du2mce_run.json", "embeddings.npz"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; this run was not written by `mmsocial train du2mce`")
+    require_run_files(run_dir, ("du2mce_run.json", "embeddings.npz"), "du2mce")
     saved = json.loads((run_dir / "du2mce_run.json").read_text())
     mcfg = DU2MCEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
     model = DU2MCE(mcfg)
     load_checkpoint(run_dir, model)  # safetensors
     model.eval()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if not cfg.corpus:
-        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
-    corpus = Corpus.load(cfg.corpus)
+    corpus = served_corpus(cfg, run_dir / RUN_CONFIG)
     words: list[str] = saved["words"]
     word_id = {w: i for i, w in enumerate(words)}
     z = np.load(run_dir / "embeddings.npz")

@@ -600,25 +600,19 @@ def load_run(run_dir: Path):
     backbone is part of the model and the serving hook reads cached features."""
     from mmsocial.config import load_config as load
     from mmsocial.models.eisr import EISR, EISRConfig
-    from mmsocial.systems import RUN_CONFIG, Collection, Served
+    from mmsocial.systems import RUN_CONFIG, Collection, Served, require_run_files, served_corpus
 
     run_dir = Path(run_dir)
     cfg = load(run_dir / RUN_CONFIG, Config)
     if cfg.finetune:
         raise ValueError(f"{run_dir}: trained with finetune: true (the backbone is part of the model); "
                          f"serving reads cached features, so only runs with finetune: false can be served")
-    for name in ("eisr.json", "eisr.pt", "semantic_test.npz"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; this run was not written by `mmsocial train eisr`")
+    require_run_files(run_dir, ("eisr.json", "eisr.pt", "semantic_test.npz"), "eisr")
     saved = json.loads((run_dir / "eisr.json").read_text())
     model = EISR(EISRConfig(**saved["config"]))
     model.load_state_dict(torch.load(run_dir / "eisr.pt", map_location="cpu", weights_only=True))
     model.eval()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if not cfg.corpus:
-        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: no `corpus:`; the served run needs its corpus")
-    corpus = Corpus.load(cfg.corpus)
+    corpus = served_corpus(cfg, run_dir / RUN_CONFIG)
     data = prepare(corpus, cfg)
     if data.classes != saved["classes"]:
         raise ValueError(f"{run_dir}: the corpus's classes differ from the run's eisr.json (the corpus changed "

@@ -693,15 +693,11 @@ def load_run(run_dir: Path):
     through ``Predictor.predict``, with its attention: the word weights α_T, the region weights α_V (with
     their grid) and the modality weights; an author outside the training users is the cold-start user.
     With a post_id the post's own image is used (through the backbone, as for a new post)."""
-    from mmsocial.systems import Served
+    from mmsocial.systems import Served, served_corpus
 
     run_dir = Path(run_dir)
     pred = load_predictor(run_dir)
-    if not pred.cfg.corpus:
-        raise FileNotFoundError(f"{run_dir / 'uhan.json'}: no corpus in the run's config; the served run needs it")
-    if pred.cfg.threads:
-        torch.set_num_threads(pred.cfg.threads)
-    corpus = Corpus.load(pred.cfg.corpus)
+    corpus = served_corpus(pred.cfg, run_dir / "uhan.json")
 
     def popularity(image, text: str, user_id: Optional[str] = None, post_id: Optional[str] = None) -> dict:
         if pred.uses_image and image is None:
