@@ -229,3 +229,62 @@ def test_fast_path_needs_eval_mode():
     m.train()
     with pytest.raises(RuntimeError, match="eval"):
         m.encode_images(R, O)
+
+
+@pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("negative_attention", ["uniform", "softmax"])
+def test_grid_equals_forward_on_every_pair_with_gradients(variant, mode, negative_attention):
+    """The training grid (all images x all captions of a batch) is ``forward`` on the flattened pairs: same
+    scores, same batch-norm statistics in training mode, same Eq. 8 on the marked pairs, same gradients."""
+    m = _model(variant, seed=4, negative_attention=negative_attention)
+    m.train(mode == "train")
+    R, O, _, _ = _inputs(m.cfg, n=3, seed=5)
+    _, _, T, lengths = _inputs(m.cfg, n=4, seed=6, lengths=[8, 1, 3, 5])
+    negative = ~torch.eye(3, 4, dtype=torch.bool)
+    ii, cc = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    ii, cc = ii.reshape(-1), cc.reshape(-1)
+
+    grid = m.grid(R, O, T, lengths, negative=negative)
+    g_grad = torch.autograd.grad(grid["score"].square().sum(), list(m.parameters()), allow_unused=True)
+    flat = m(R[ii], O[ii], T[cc], lengths[cc], uniform=negative.reshape(-1))
+    f_grad = torch.autograd.grad(flat["score"].square().sum(), list(m.parameters()), allow_unused=True)
+    for key in ("f_w2r", "f_o2w", "score"):
+        torch.testing.assert_close(grid[key], flat[key].view(3, 4), atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_grad, f_grad):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert grid["score"].std() > 0
+    with pytest.raises(ValueError, match="negative must be"):
+        m.grid(R, O, T, lengths, negative=negative.T)
+
+
+def test_in_batch_loss_by_hand_averages_the_hinge_over_the_batch_negatives():
+    m = _model()
+    cfg = m.cfg
+    f_w2r = torch.tensor([[1.0, 0.9, 0.5], [0.2, 0.0, -1.0], [0.4, 0.3, 0.6]])
+    f_o2w = torch.tensor([[0.5, 0.1, 0.6], [0.3, 0.3, 0.4], [0.0, 0.2, 0.1]])
+    grid = {"f_w2r": f_w2r, "f_o2w": f_o2w, "score": f_w2r + cfg.lam * f_o2w}
+    images = torch.tensor([7, 8, 7])  # captions 0 and 2 belong to the same image: not negatives of each other
+    h = lambda pos, neg: max(0.0, cfg.margin - pos + neg)  # noqa: E731
+
+    def by_hand(f, both):
+        rows = [h(f[0, 0], f[0, 1]), (h(f[1, 1], f[1, 0]) + h(f[1, 1], f[1, 2])) / 2, h(f[2, 2], f[2, 1])]
+        cols = [h(f[0, 0], f[1, 0]), (h(f[1, 1], f[0, 1]) + h(f[1, 1], f[2, 1])) / 2, h(f[2, 2], f[1, 2])]
+        return sum(rows) + (sum(cols) if both else 0.0)
+
+    reg = l2_penalty(m).item()
+    for both in (False, True):
+        out = BSSANLoss(cfg).in_batch(m, grid, images, both=both)
+        l1, l2 = by_hand(f_w2r.numpy(), both), by_hand(f_o2w.numpy(), both)
+        assert out["l1"].item() == pytest.approx(l1, abs=1e-6)  # Eq. 7
+        assert out["l2"].item() == pytest.approx(l2, abs=1e-6)  # Eq. 17
+        assert out["loss"].item() == pytest.approx(l1 + cfg.lam * l2 + cfg.delta * reg, rel=1e-5)
+    # with one negative per row, the in-batch loss is Eq. 7/17 on those pairs
+    two = {k: v[:2, :2] for k, v in grid.items()}
+    pos = {k: v.diagonal() for k, v in two.items()}
+    neg = {k: torch.stack([v[0, 1], v[1, 0]]) for k, v in two.items()}
+    torch.testing.assert_close(BSSANLoss(cfg).in_batch(m, two, images[:2])["loss"], BSSANLoss(cfg)(m, pos, neg)["loss"])
+    with pytest.raises(ValueError, match="one caption per image"):
+        BSSANLoss(cfg).in_batch(m, grid, images[:2])

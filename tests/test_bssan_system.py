@@ -82,3 +82,14 @@ def test_negatives_both_trains_and_bad_value_is_an_error(tmp_path):
     assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
     with pytest.raises(ConfigError, match="negatives"):
         load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives": "images"})
+
+
+def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path):
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN"],
+            "train.negatives_from": "batch", "train.negatives": "both"}
+    result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    cell = result.cells[("BSSAN", 0)]
+    assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
+    assert 0 <= result.tables["table2"].mean("BSSAN", "rsum") <= 600
+    with pytest.raises(ConfigError, match="negatives_from"):
+        load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives_from": "everything"})

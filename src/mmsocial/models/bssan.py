@@ -340,10 +340,13 @@ class BSSAN(nn.Module):
 
     # ------------------------------------------------------------------ the paper's path
     def forward(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor,
-                uniform: Tensor | None = None) -> dict[str, Tensor]:
+                uniform: Tensor | None = None, all_pairs: bool = False) -> dict[str, Tensor]:
         """Scores of the pairs (R_i, O_i, T_i): dict with f_w2r, f_o2w (absent network: zeros), score
         (Eq. 19), alpha (B, L, D) and beta (B, P, L) (absent network: None). ``uniform`` (B,) bool marks
-        the negative pairs of training, which get uniform attention (Eq. 8)."""
+        the negative pairs of training, which get uniform attention (Eq. 8). ``all_pairs``: every image
+        with every caption instead, as ``grid`` (``uniform`` then (B_images, B_captions))."""
+        if all_pairs:
+            return self.grid(R, O, T, lengths, negative=uniform)
         self._check(R, O, T, lengths)
         if uniform is not None and self.cfg.negative_attention == "softmax":
             uniform = None
@@ -353,6 +356,67 @@ class BSSAN(nn.Module):
         f_o2w, beta = self.o2w(O, T, lengths, uniform) if self.o2w is not None else (zeros, None)
         return {"f_w2r": f_w2r, "f_o2w": f_o2w, "score": f_w2r + self.cfg.lam * f_o2w,
                 "alpha": alpha, "beta": beta}
+
+    def grid(self, R: Tensor, O: Tensor, T: Tensor, lengths: Tensor,
+             negative: Tensor | None = None) -> dict[str, Tensor]:
+        """Scores of every pair (image i, caption c) of Bi images (R, O) x Bc captions (T, lengths), for
+        training with all the negatives of a batch: dict with f_w2r, f_o2w and score (Eq. 19), each (Bi, Bc).
+
+        The same function as ``forward`` on each pair, with what depends on one side only computed once per
+        image (W r_j, the region half of the LSTM input projection, o_jᵀ W, the object half of the O2W MLP's
+        first layer) or once per caption (the word half, the BiLSTM states): u_k is never formed, since
+        W_ihᵘ u_k = Σ_j α_j^k (W_ihᵘ r_j). Differentiable; in training mode the batch norms see all Bi·Bc
+        pairs, as ``forward`` on the flattened grid would. ``negative`` (Bi, Bc) bool marks the pairs that
+        get Eq. 8's uniform attention (ignored with ``negative_attention: softmax``)."""
+        self._check(R, O, T, lengths)
+        if negative is not None and negative.shape != (len(R), len(T)):
+            raise ValueError(f"grid: negative must be ({len(R)}, {len(T)}), got {tuple(negative.shape)}")
+        if self.cfg.negative_attention == "softmax":
+            negative = None
+        R, O = self.standardize(R, O)
+        zeros = T.new_zeros(len(R), len(T))
+        f_w2r = self._w2r_grid(R, T, lengths, negative) if self.w2r is not None else zeros
+        f_o2w = self._o2w_grid(O, T, lengths, negative) if self.o2w is not None else zeros
+        return {"f_w2r": f_w2r, "f_o2w": f_o2w, "score": f_w2r + self.cfg.lam * f_o2w}
+
+    def _w2r_grid(self, R: Tensor, T: Tensor, lengths: Tensor, negative: Tensor | None) -> Tensor:
+        w2r, H = self.w2r, self.cfg.w2r_lstm
+        Bi, Bc, L = len(R), len(T), T.shape[1]
+        w_u, w_t, b = w2r.lstm_input_split()
+        WR = w2r.attention.project_regions(R)  # (Bi, D, E)
+        e = torch.tanh(torch.einsum("cle,ide->icld", T, WR) + w2r.attention.b)  # Eq. 2
+        alpha = torch.softmax(e, dim=-1)  # Eq. 1: (Bi, Bc, L, D)
+        if negative is not None:  # Eq. 8
+            alpha = torch.where(negative[:, :, None, None], torch.full_like(alpha, 1.0 / alpha.shape[-1]), alpha)
+        X = torch.einsum("icld,idg->iclg", alpha, R @ w_u.T) + (T @ w_t.T + b)  # W_ih [u_k; t_k] + b (Eq. 3)
+        X = X.reshape(Bi * Bc, L, 4 * H)
+        w_hh = w2r.lstm.weight_hh_l0.T
+        last_step = (lengths - 1).repeat(Bi)  # the state after the caption's last word
+        h = c = None
+        last = X.new_zeros(Bi * Bc, H)
+        for k in range(int(lengths.max())):
+            gates = X[:, k] if h is None else X[:, k] + h @ w_hh
+            i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
+            c = torch.sigmoid(i) * torch.tanh(g) if c is None else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            last = torch.where((last_step == k)[:, None], h, last)
+        return w2r.mlp(last).view(Bi, Bc)  # Eq. 5-6
+
+    def _o2w_grid(self, O: Tensor, T: Tensor, lengths: Tensor, negative: Tensor | None) -> Tensor:
+        o2w, Q = self.o2w, self.cfg.object_dim
+        Bi, Bc, P, L = len(O), len(T), O.shape[1], T.shape[1]
+        S = o2w.states(T, lengths)  # (Bc, L, B_s), once per caption
+        mask = word_mask(lengths, L)
+        e = torch.tanh(torch.einsum("ipb,clb->icpl", o2w.attention.project_objects(O), S) + o2w.attention.b)
+        beta = torch.softmax(e.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1)  # Eq. 9-10
+        if negative is not None:  # Eq. 8 applied to O2W
+            flat = (mask.to(beta.dtype) / lengths.to(beta.dtype)[:, None])[None, :, None, :]
+            beta = torch.where(negative[:, :, None, None], flat.expand_as(beta), beta)
+        first_layer = o2w.mlp[0]  # on c_j = [o_j; u_j], u_j = Σ_k β_j^k s_k (Eq. 11): split into its halves
+        w_o, w_s = first_layer.weight[:, :Q], first_layer.weight[:, Q:]
+        z = torch.einsum("icpl,clh->icph", beta, S @ w_s.T) + (O @ w_o.T + first_layer.bias)[:, None]
+        y = o2w.mlp[1:](z.reshape(Bi * Bc * P, -1)).view(Bi, Bc, P)  # Eq. 13
+        return y.mean(-1)  # Eq. 14
 
     # ------------------------------------------------------------------ the fast path (same function)
     def _eval_only(self) -> None:
@@ -618,3 +682,31 @@ class BSSANLoss(nn.Module):
         reg = l2_penalty(model) if cfg.delta > 0 else zero
         loss = l1 + cfg.lam * l2 + cfg.delta * reg
         return {"loss": loss, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}
+
+    def in_batch(self, model: BSSAN, grid: dict[str, Tensor], images: Tensor, both: bool = False) -> dict[str, Tensor]:
+        """Eq. 18 with the negatives of Eq. 7/17 taken from the batch (not in the paper): ``grid`` scores B
+        captions (columns) against their B images (rows, ``images`` the image id of each; pair (i, i) is
+        positive). For image i every caption of another image in the batch is a T_i^-, and its hinge
+        max(0, M - Y_i + Y_i^-) is averaged over them: the expectation of Eq. 7's hinge over a uniformly drawn
+        T_i^-, estimated with all B - 1 negatives instead of one draw. ``both``: also every other image for
+        each caption (the text->image direction Eq. 7 lacks). The terms are then reduced over the positives
+        as ``hinge_reduction`` says."""
+        cfg = self.cfg
+        B = len(images)
+        if any(v.shape != (B, B) for k, v in grid.items() if k in ("f_w2r", "f_o2w")):
+            raise ValueError(f"in_batch: the grid must be ({B}, {B}), one caption per image row")
+        negative = (images[:, None] != images[None, :]).to(grid["score"].dtype)
+        zero = grid["score"].new_zeros(())
+        reduce = torch.sum if cfg.hinge_reduction == "sum" else torch.mean
+
+        def ranking(f: Tensor) -> Tensor:
+            pos = f.diagonal()
+            terms = [((cfg.margin - pos[:, None] + f).clamp_min(0) * negative).sum(1) / negative.sum(1).clamp_min(1)]
+            if both:
+                terms.append(((cfg.margin - pos[None, :] + f).clamp_min(0) * negative).sum(0) / negative.sum(0).clamp_min(1))
+            return reduce(torch.cat(terms))
+
+        l1 = ranking(grid["f_w2r"]) if cfg.w2r else zero  # Eq. 7
+        l2 = ranking(grid["f_o2w"]) if cfg.o2w else zero  # Eq. 17
+        reg = l2_penalty(model) if cfg.delta > 0 else zero
+        return {"loss": l1 + cfg.lam * l2 + cfg.delta * reg, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}

@@ -75,6 +75,10 @@ class TrainSettings(StrictModel):
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     negatives: Literal["caption", "both"] = Field("caption", description="caption: a negative caption per image "
                                                   "(Eq. 7/17 as printed); both: also a negative image per caption")
+    negatives_from: Literal["draw", "batch"] = Field(
+        "draw", description="draw: one negative per positive drawn from the training set at every step (the "
+        "paper); batch: every other caption (and image, with negatives: both) of the batch, the hinge averaged "
+        "over them (BSSAN.grid: every pair of the batch is scored)")
     progress: bool = True
 
 
@@ -479,6 +483,13 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
         rows = batch["row"].cpu()
         caps = tr_caps[rows.numpy()]
         imgs = torch.from_numpy(data.caption_image[caps])
+        if cfg.train.negatives_from == "batch":
+            device = next(m.parameters()).device
+            R, O = data.image_features(imgs.numpy())
+            T, lengths = data.words(caps)
+            negative = imgs[:, None] != imgs[None, :]
+            grid = m(R.to(device), O.to(device), T.to(device), lengths, uniform=negative.to(device), all_pairs=True)
+            return loss_fn.in_batch(unwrap_model(m), grid, imgs.to(device), both=both)
         neg = tr_caps[_negatives(imgs, pool_images).numpy()]
         neg_imgs = data.caption_image[tr_caps[_negatives(imgs, pool_images).numpy()]] if both else None
         return pair_loss(m, imgs.numpy(), caps, neg, neg_imgs)
