@@ -389,13 +389,13 @@ class BSSAN(nn.Module):
         if negative is not None:  # Eq. 8
             alpha = torch.where(negative[:, :, None, None], torch.full_like(alpha, 1.0 / alpha.shape[-1]), alpha)
         X = torch.einsum("icld,idg->iclg", alpha, R @ w_u.T) + (T @ w_t.T + b)  # W_ih [u_k; t_k] + b (Eq. 3)
-        X = X.reshape(Bi * Bc, L, 4 * H)
+        steps = X.reshape(Bi * Bc, L, 4 * H).unbind(1)  # one backward for all steps (indexing: one per step)
         w_hh = w2r.lstm.weight_hh_l0.T
         last_step = (lengths - 1).repeat(Bi)  # the state after the caption's last word
         h = c = None
         last = X.new_zeros(Bi * Bc, H)
         for k in range(int(lengths.max())):
-            gates = X[:, k] if h is None else X[:, k] + h @ w_hh
+            gates = steps[k] if h is None else steps[k] + h @ w_hh
             i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
             c = torch.sigmoid(i) * torch.tanh(g) if c is None else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
