@@ -184,10 +184,12 @@ def test_bad_shapes_and_lengths_are_errors():
 
 
 @pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w"])
-def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant):
+@pytest.mark.parametrize("attention_tanh", [True, False])
+def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant, attention_tanh):
     """Captions sharing a prefix (one a prefix of another, one a duplicate) share their W2R recurrence in
-    the fast path; arbitrary (image, caption) pairs (not a block) take the image-by-image path."""
-    m = _model(variant, seed=4)
+    the fast path; arbitrary (image, caption) pairs (not a block) take the image-by-image path. Also with
+    the attention logits without Eq. 2/10's tanh."""
+    m = _model(variant, seed=4, attention_tanh=attention_tanh)
     m.train()
     R, O, T, lengths = _inputs(m.cfg, n=6, seed=5, lengths=[8, 8, 5, 3, 8, 1])
     m(R, O, T, lengths)["score"].sum().backward()  # batch-norm running statistics move off the identity
@@ -234,10 +236,11 @@ def test_fast_path_needs_eval_mode():
 @pytest.mark.parametrize("variant", ["bssan", "w2r", "o2w"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("negative_attention", ["uniform", "softmax"])
-def test_grid_equals_forward_on_every_pair_with_gradients(variant, mode, negative_attention):
+@pytest.mark.parametrize("attention_tanh", [True, False])
+def test_grid_equals_forward_on_every_pair_with_gradients(variant, mode, negative_attention, attention_tanh):
     """The training grid (all images x all captions of a batch) is ``forward`` on the flattened pairs: same
     scores, same batch-norm statistics in training mode, same Eq. 8 on the marked pairs, same gradients."""
-    m = _model(variant, seed=4, negative_attention=negative_attention)
+    m = _model(variant, seed=4, negative_attention=negative_attention, attention_tanh=attention_tanh)
     m.train(mode == "train")
     R, O, _, _ = _inputs(m.cfg, n=3, seed=5)
     _, _, T, lengths = _inputs(m.cfg, n=4, seed=6, lengths=[8, 1, 3, 5])
@@ -288,3 +291,13 @@ def test_in_batch_loss_by_hand_averages_the_hinge_over_the_batch_negatives():
     torch.testing.assert_close(BSSANLoss(cfg).in_batch(m, two, images[:2])["loss"], BSSANLoss(cfg)(m, pos, neg)["loss"])
     with pytest.raises(ValueError, match="one caption per image"):
         BSSANLoss(cfg).in_batch(m, grid, images[:2])
+
+
+def test_attention_without_tanh_is_the_softmax_of_the_bilinear_form():
+    m = _model(attention_tanh=False)
+    R, O, T, lengths = _inputs(m.cfg)
+    m.w2r.attention.W.data.mul_(5)  # logits beyond [-1, 1]: the tanh would bound them
+    out = m(R, O, T, lengths)
+    z = T @ (R @ m.w2r.attention.W.T).transpose(1, 2) + m.w2r.attention.b
+    torch.testing.assert_close(out["alpha"], torch.softmax(z, dim=-1))
+    assert out["alpha"].max() > torch.softmax(torch.tanh(z), dim=-1).max()

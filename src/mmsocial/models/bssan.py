@@ -44,6 +44,7 @@ class BSSANConfig:
     margin: float = 0.2  # M of Eq. 7 and 17 (the paper does not give its value)
     lam: float = 0.6  # λ, Eq. 18 and 19
     delta: float = 0.01  # δ, Eq. 18
+    attention_tanh: bool = True  # Eq. 2 and 10: tanh on the bilinear logits; False feeds them to softmax unbounded (not in the paper)
     negative_attention: str = "uniform"  # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; or "softmax"
     hinge_reduction: str = "sum"  # Eq. 7 and 17 sum the hinges over the pairs; "mean" averages them
     standardize: bool = True  # regions and objects standardised per channel (training statistics; not in the paper)
@@ -117,13 +118,19 @@ def _check_lengths(lengths: Tensor, max_length: int) -> None:
                          f"got min {int(lengths.min())}, max {int(lengths.max())}")
 
 
+def _logits(z: Tensor, tanh: bool) -> Tensor:
+    """Eq. 2 / 10: tanh of the bilinear form (``attention_tanh: false``: the form itself)."""
+    return torch.tanh(z) if tanh else z
+
+
 class W2RAttention(nn.Module):
     """Eq. 1-3: e_j^k = tanh(t_kᵀ W r_j + b), α^k = softmax_j(e^k), u_k = Σ_j α_j^k r_j."""
 
-    def __init__(self, word_dim: int, region_dim: int):
+    def __init__(self, word_dim: int, region_dim: int, tanh: bool = True):
         super().__init__()
         self.W = nn.Parameter(torch.empty(word_dim, region_dim))
         self.b = nn.Parameter(torch.zeros(()))
+        self.tanh = tanh
         nn.init.xavier_uniform_(self.W)
 
     def project_regions(self, R: Tensor) -> Tensor:
@@ -132,7 +139,7 @@ class W2RAttention(nn.Module):
 
     def weights(self, T: Tensor, WR: Tensor, uniform: Tensor | None = None) -> Tensor:
         """α (B, L, D) from words (B, L, E) and projected regions (B, D, E); rows of ``uniform`` get 1/D (Eq. 8)."""
-        e = torch.tanh(T @ WR.transpose(1, 2) + self.b)  # Eq. 2
+        e = _logits(T @ WR.transpose(1, 2) + self.b, self.tanh)  # Eq. 2
         alpha = torch.softmax(e, dim=-1)  # Eq. 1
         if uniform is not None:
             alpha = torch.where(uniform[:, None, None], torch.full_like(alpha, 1.0 / alpha.shape[-1]), alpha)
@@ -142,10 +149,11 @@ class W2RAttention(nn.Module):
 class O2WAttention(nn.Module):
     """Eq. 9-11: e_j^k = tanh(o_jᵀ W s_k + b), β_j = softmax_k(e_j) over the real words, u_j = Σ_k β_j^k s_k."""
 
-    def __init__(self, object_dim: int, state_dim: int):
+    def __init__(self, object_dim: int, state_dim: int, tanh: bool = True):
         super().__init__()
         self.W = nn.Parameter(torch.empty(object_dim, state_dim))
         self.b = nn.Parameter(torch.zeros(()))
+        self.tanh = tanh
         nn.init.xavier_uniform_(self.W)
 
     def project_objects(self, O: Tensor) -> Tensor:
@@ -155,7 +163,7 @@ class O2WAttention(nn.Module):
     def weights(self, OW: Tensor, S: Tensor, mask: Tensor, uniform: Tensor | None = None) -> Tensor:
         """β (B, P, L) from projected objects (B, P, B_s), word states (B, L, B_s) and the word mask (B, L).
         Padding gets weight 0; rows of ``uniform`` get 1/length over the real words (Eq. 8 applied to O2W)."""
-        e = torch.tanh(OW @ S.transpose(1, 2) + self.b)  # Eq. 10
+        e = _logits(OW @ S.transpose(1, 2) + self.b, self.tanh)  # Eq. 10
         e = e.masked_fill(~mask[:, None, :], float("-inf"))
         beta = torch.softmax(e, dim=-1)  # Eq. 9
         if uniform is not None:
@@ -256,7 +264,7 @@ class W2R(nn.Module):
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
-        self.attention = W2RAttention(cfg.word_dim, cfg.region_dim)
+        self.attention = W2RAttention(cfg.word_dim, cfg.region_dim, cfg.attention_tanh)
         self.lstm = nn.LSTM(cfg.region_dim + cfg.word_dim, cfg.w2r_lstm, batch_first=True)
         self.mlp = tanh_mlp(cfg.w2r_lstm, cfg.w2r_mlp, cfg.batch_norm)
         self.region_dim = cfg.region_dim
@@ -282,7 +290,7 @@ class O2W(nn.Module):
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
         self.bilstm = nn.LSTM(cfg.word_dim, cfg.o2w_lstm, batch_first=True, bidirectional=True)
-        self.attention = O2WAttention(cfg.object_dim, cfg.o2w_lstm)
+        self.attention = O2WAttention(cfg.object_dim, cfg.o2w_lstm, cfg.attention_tanh)
         self.mlp = tanh_mlp(cfg.object_dim + cfg.o2w_lstm, cfg.o2w_mlp, cfg.batch_norm)
         self.object_dim, self.max_length = cfg.object_dim, cfg.max_length
 
@@ -384,7 +392,7 @@ class BSSAN(nn.Module):
         Bi, Bc, L = len(R), len(T), T.shape[1]
         w_u, w_t, b = w2r.lstm_input_split()
         WR = w2r.attention.project_regions(R)  # (Bi, D, E)
-        e = torch.tanh(torch.einsum("cle,ide->icld", T, WR) + w2r.attention.b)  # Eq. 2
+        e = _logits(torch.einsum("cle,ide->icld", T, WR) + w2r.attention.b, w2r.attention.tanh)  # Eq. 2
         alpha = torch.softmax(e, dim=-1)  # Eq. 1: (Bi, Bc, L, D)
         if negative is not None:  # Eq. 8
             alpha = torch.where(negative[:, :, None, None], torch.full_like(alpha, 1.0 / alpha.shape[-1]), alpha)
@@ -407,7 +415,8 @@ class BSSAN(nn.Module):
         Bi, Bc, P, L = len(O), len(T), O.shape[1], T.shape[1]
         S = o2w.states(T, lengths)  # (Bc, L, B_s), once per caption
         mask = word_mask(lengths, L)
-        e = torch.tanh(torch.einsum("ipb,clb->icpl", o2w.attention.project_objects(O), S) + o2w.attention.b)
+        e = _logits(torch.einsum("ipb,clb->icpl", o2w.attention.project_objects(O), S) + o2w.attention.b,
+                    o2w.attention.tanh)
         beta = torch.softmax(e.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1)  # Eq. 9-10
         if negative is not None:  # Eq. 8 applied to O2W
             flat = (mask.to(beta.dtype) / lengths.to(beta.dtype)[:, None])[None, :, None, :]
@@ -531,12 +540,13 @@ class BSSAN(nn.Module):
         WR2 = WR.reshape(G * D, -1)
         RU = images.RU[image_rows]  # (G, D, 4H)
         w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T  # (H, 4H)
-        WR2, b2 = 2 * WR2, 2 * self.w2r.attention.b  # tanh(z) = 2σ(2z) - 1, and softmax ignores the -1
+        scale = 2 if self.cfg.attention_tanh else 1  # tanh(z) = 2σ(2z) - 1, and softmax ignores the -1
+        WR2, b2 = scale * WR2, scale * self.w2r.attention.b
         last = WR.new_empty(G, n, H)
         h = c2 = None
         for level, Tk, TXk in self._tree(captions, caption_rows):
             e = torch.addmm(b2, WR2, Tk).view(G, D, -1)  # 2 (t_kᵀ W r_j + b) for every region and node
-            alpha = torch.softmax(e.sigmoid_().mul_(2), dim=1)  # Eq. 1-2, over the D regions
+            alpha = torch.softmax(self._fast_logits(e), dim=1)  # Eq. 1-2, over the D regions
             gates = torch.baddbmm(TXk, alpha.transpose(1, 2), RU)  # W_ih [u_k; t_k] + b (Eq. 3)
             if h is not None:
                 hp, cp = h.index_select(1, level.parent), c2.index_select(1, level.parent)
@@ -548,6 +558,11 @@ class BSSAN(nn.Module):
             if len(level.end_caps):
                 last[:, level.end_caps] = h[:, level.end_nodes]
         return _run_folded(_fold_mlp(self.w2r.mlp), last.view(G * n, H)).view(G, n)  # Eq. 5-6
+
+    def _fast_logits(self, e2: Tensor) -> Tensor:
+        """Eq. 2 / 10 from 2z (in place): tanh(z) + 1 = 2σ(2z), up to a constant that softmax ignores; or z
+        itself (``attention_tanh: false``, given z)."""
+        return e2.sigmoid_().mul_(2) if self.cfg.attention_tanh else e2
 
     def _word_ids(self, captions: CaptionCache) -> Tensor:
         """(C, L) ids, equal exactly where the word vectors are equal (kept for the last caption cache)."""
@@ -588,7 +603,8 @@ class BSSAN(nn.Module):
         levels = prefix_tree(ids, captions.lengths[cap])
         WR = images.WR[image_rows]
         D = WR.shape[1]
-        WR2, b2 = 2 * WR, 2 * self.w2r.attention.b  # as in _w2r_block
+        scale = 2 if self.cfg.attention_tanh else 1  # as in _w2r_block
+        WR2, b2 = scale * WR, scale * self.w2r.attention.b
         RU = images.RU[image_rows]
         w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T
         last = WR.new_empty(len(cap), H)
@@ -602,7 +618,7 @@ class BSSAN(nn.Module):
             Tn = WR.new_zeros(G * m, WR.shape[2]).index_copy_(0, pos, captions.T[rows, k])
             TXn = WR.new_zeros(G * m, 4 * H).index_copy_(0, pos, captions.TX[rows, k])
             e = torch.baddbmm(b2, WR2, Tn.view(G, m, -1).transpose(1, 2))  # (G, D, m)
-            alpha = torch.softmax(e.sigmoid_().mul_(2), dim=1)  # Eq. 1-2
+            alpha = torch.softmax(self._fast_logits(e), dim=1)  # Eq. 1-2
             gates = torch.baddbmm(TXn.view(G, m, -1), alpha.transpose(1, 2), RU)  # Eq. 3
             if h is not None:
                 parent = torch.zeros(G * m, dtype=torch.long).index_copy_(0, pos, prev_pos[level.parent])
@@ -627,8 +643,9 @@ class BSSAN(nn.Module):
         S, SC, mask = captions.S[sl, :L], captions.SC[sl, :L], captions.mask[sl, :L]
         OW = images.OW[image_rows].reshape(-1, images.OW.shape[-1])  # (G·P, B)
         P = images.OW.shape[1]
-        e = torch.addmm(2 * self.o2w.attention.b, S.reshape(-1, S.shape[-1]), 2 * OW.T).view(n, L, G * P)
-        e = e.sigmoid_().mul_(2)  # tanh(z) + 1 = 2σ(2z): Eq. 10 up to a constant, which softmax ignores
+        scale = 2 if self.cfg.attention_tanh else 1
+        e = torch.addmm(scale * self.o2w.attention.b, S.reshape(-1, S.shape[-1]), scale * OW.T).view(n, L, G * P)
+        e = self._fast_logits(e)  # Eq. 10
         beta = torch.softmax(e.masked_fill_(~mask[:, :, None], float("-inf")), dim=1)  # Eq. 9, over the words
         first = torch.bmm(beta.transpose(1, 2), SC)  # layer 1 on u_j = Σ_k β s_k (Eq. 11, 13), word half
         first += images.OC[image_rows].reshape(1, G * P, -1)  # ... and its object half

@@ -52,6 +52,8 @@ class ModelSettings(StrictModel):
     margin: Optional[float] = Field(None, ge=0)
     lam: Optional[float] = Field(None, ge=0)
     delta: Optional[float] = Field(None, ge=0)
+    attention_tanh: Optional[bool] = Field(None, description="Eq. 2/10's tanh on the attention logits (false: "
+                                           "unbounded logits, not in the paper)")
     negative_attention: Optional[Literal["uniform", "softmax"]] = None
     hinge_reduction: Optional[Literal["sum", "mean"]] = Field(None, description="Eq. 7/17: sum (paper) or mean")
     standardize: Optional[bool] = Field(None, description="regions/objects standardised with training statistics")
