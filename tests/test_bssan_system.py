@@ -57,6 +57,10 @@ def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
     two = result.cells[("BSSAN two-stage", 0)]
     assert two.diagnostics["reused_dual_encoder"] == 1.0 and two.diagnostics["reused_bssan"] == 1.0
     assert two.history == []  # nothing trained again
+    from mmsocial.eval.protocols.bssan import default_k_t2i
+
+    d = two.diagnostics  # K_t2i by the default rule: ceil(K / captions per test image)
+    assert d["k_t2i"] == default_k_t2i(int(d["k"]), int(d["test_images"]), int(d["test_captions"]))
     _, cfg = load_experiment_config(CONFIGS / "tiny.yaml", over)
     data = S.prepare(load_corpus(cfg), cfg)
     model, run = S.load_trained(cell_dir(tmp_path / "run", "BSSAN", 0) / "bssan")
