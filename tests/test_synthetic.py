@@ -250,3 +250,6 @@ def test_cli_builds_a_corpus(tmp_path):
                                  "--no-write-images", "--captions", "3"])
     assert r.exit_code == 0, r.output
     assert Corpus.load(tmp_path / "caps").posts["captions"].map(len).tolist() == [3] * 60
+    r = CliRunner().invoke(app, ["data", "synthetic", "--out", str(tmp_path / "bad"), "--posts", "60",
+                                 "--no-write-images", "--captions", "-1"])
+    assert r.exit_code == 2 and "--captions must be in [0, 20], got -1" in r.output, r.output
