@@ -74,6 +74,11 @@ def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
     assert metrics["rsum"] == pytest.approx(result.tables["table2"].mean("BSSAN", "rsum"), abs=1e-6)
     dual, _ = S.load_trained(cell_dir(tmp_path / "run", "Dual encoder", 0) / "dual")
     assert np.isfinite(S.dual_scores(dual, data, imgs, caps)).all()
+    # the override of K_t2i, with the trained cells re-used
+    over_cfg = cfg.model_copy(update={"two_stage_k_t2i": 1, "two_stage_full": False})
+    cell = S.run_cell("BSSAN two-stage", 0, data, over_cfg, cell_dir(tmp_path / "run", "BSSAN two-stage", 0))
+    assert cell.diagnostics["k_t2i"] == 1 and cell.diagnostics["reused_bssan"] == 1.0
+    assert cell.diagnostics["pairs_scored"] <= d["pairs_scored"]
     with pytest.raises(Exception, match="checkpoint"):
         S.load_trained(tmp_path)
 
