@@ -222,6 +222,10 @@ def test_fast_path_shared_prefixes_and_arbitrary_pairs_equal_forward(variant, at
                 ref = torch.stack([m(R[i:i + 1], O[i:i + 1], T[c:c + 1], lengths[c:c + 1])["f_w2r"][0]
                                    for i, c in zip(img.tolist(), cap.tolist())])
                 torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
+                for chunk in (1, 2, 3):  # images padded a few at a time, sorted by their nodes per level
+                    slots = torch.repeat_interleave(torch.arange(4), torch.tensor([3, 1, 2, 4]))
+                    f = m._w2r_ragged(images, captions, torch.tensor([0, 1, 3, 5]), slots, cap, chunk=chunk)
+                    torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(naive[:, 4], naive[:, 0])
 
 

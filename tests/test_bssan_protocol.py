@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsocial.eval.protocols.bssan import (candidate_pairs, image_text_retrieval, pair_score_matrix,
-                                           retrieval_table, select_test_set, two_stage_scores)
+from mmsocial.eval.protocols.bssan import (candidate_pairs, default_k_t2i, image_text_retrieval,
+                                           pair_score_matrix, retrieval_table, select_test_set, two_stage_scores)
 
 
 def test_retrieval_metrics_on_a_hand_made_matrix():
@@ -77,3 +77,34 @@ def test_two_stage_with_k_covering_everything_equals_full_scoring():
         order = np.argsort(-merged3[i])[:len(rescored)]
         assert set(order) == rescored
         assert list(order) == sorted(rescored, key=lambda c: -model[i, c])
+
+
+def test_candidate_sets_of_both_directions_on_a_hand_made_matrix():
+    # 2 images x 4 captions (2 each): image 0 tops captions 0 (0.9) and 2 (0.5); image 1 tops 1 (0.8) and 3 (0.7);
+    # each caption's top image: c0 -> 0, c1 -> 1, c2 -> 1 (0.6 > 0.5), c3 -> 1
+    first = np.array([[0.9, 0.1, 0.5, 0.3],
+                      [0.2, 0.8, 0.6, 0.7]])
+    assert default_k_t2i(2, 2, 4) == 1 and default_k_t2i(100, 1000, 5000) == 20
+    assert default_k_t2i(100, 378, 378) == 100 and default_k_t2i(3, 6, 12) == 2 and default_k_t2i(7, 1000, 5000) == 2
+    i2t = [[0, 0], [0, 2], [1, 1], [1, 3]]
+    # default K_t2i = ceil(2 / 2 captions per image) = 1: adds (1, 2); (0, 0), (1, 1), (1, 3) are in both sets, once
+    assert candidate_pairs(first, 2).tolist() == [[0, 0], [0, 2], [1, 1], [1, 2], [1, 3]]
+    assert candidate_pairs(first, 2, 1).tolist() == candidate_pairs(first, 2).tolist()
+    assert candidate_pairs(first, 2, 0).tolist() == i2t  # image->text candidates only
+    assert len(candidate_pairs(first, 2, 2)) == 8  # the rule before K_t2i: K = 2 both ways covers every pair
+    assert candidate_pairs(first, 1, 1).tolist() == [[0, 0], [1, 1], [1, 2], [1, 3]]
+    with pytest.raises(ValueError, match="k_t2i"):
+        candidate_pairs(first, 2, -1)
+    seen = []
+
+    def scorer(i, c):
+        seen.extend(zip(i.tolist(), c.tolist()))
+        return (i * 10 + c).double()
+
+    merged, n = two_stage_scores(first, scorer, 2)
+    assert n == 5 and sorted(seen) == [(0, 0), (0, 2), (1, 1), (1, 2), (1, 3)]  # each candidate scored once
+    rescored = np.zeros(first.shape, dtype=bool)
+    rescored[[0, 0, 1, 1, 1], [0, 2, 1, 2, 3]] = True
+    assert merged[rescored].min() > merged[~rescored].max()  # above every pair not re-scored
+    assert merged[1, 2] > merged[0, 2]  # caption 2's two candidates in the model's order (12 > 2)
+    assert merged[0, 1] == first[0, 1] and merged[0, 3] == first[0, 3]  # not re-scored: first-stage score

@@ -57,6 +57,10 @@ def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
     two = result.cells[("BSSAN two-stage", 0)]
     assert two.diagnostics["reused_dual_encoder"] == 1.0 and two.diagnostics["reused_bssan"] == 1.0
     assert two.history == []  # nothing trained again
+    from mmsocial.eval.protocols.bssan import default_k_t2i
+
+    d = two.diagnostics  # K_t2i by the default rule: ceil(K / captions per test image)
+    assert d["k_t2i"] == default_k_t2i(int(d["k"]), int(d["test_images"]), int(d["test_captions"]))
     _, cfg = load_experiment_config(CONFIGS / "tiny.yaml", over)
     data = S.prepare(load_corpus(cfg), cfg)
     model, run = S.load_trained(cell_dir(tmp_path / "run", "BSSAN", 0) / "bssan")
@@ -70,6 +74,11 @@ def test_two_stage_reuses_trained_cells_and_load_trained_rebuilds(tmp_path):
     assert metrics["rsum"] == pytest.approx(result.tables["table2"].mean("BSSAN", "rsum"), abs=1e-6)
     dual, _ = S.load_trained(cell_dir(tmp_path / "run", "Dual encoder", 0) / "dual")
     assert np.isfinite(S.dual_scores(dual, data, imgs, caps)).all()
+    # the override of K_t2i, with the trained cells re-used
+    over_cfg = cfg.model_copy(update={"two_stage_k_t2i": 1, "two_stage_full": False})
+    cell = S.run_cell("BSSAN two-stage", 0, data, over_cfg, cell_dir(tmp_path / "run", "BSSAN two-stage", 0))
+    assert cell.diagnostics["k_t2i"] == 1 and cell.diagnostics["reused_bssan"] == 1.0
+    assert cell.diagnostics["pairs_scored"] <= d["pairs_scored"]
     with pytest.raises(Exception, match="checkpoint"):
         S.load_trained(tmp_path)
 

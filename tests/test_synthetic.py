@@ -179,12 +179,42 @@ def test_written_images_match_on_demand_rendering(tmp_path):
 def test_config_is_checked():
     for bad, field in [(dict(posts=0), "posts"), (dict(n_classes=30), "n_classes"),
                        (dict(max_objects=5), "max_objects"), (dict(missing_text=1.0), "missing_text"),
-                       (dict(image_size=8), "image_size")]:
+                       (dict(image_size=8), "image_size"), (dict(captions_per_post=-1), "captions_per_post")]:
         with pytest.raises(ValueError, match=field):
             make_synthetic_corpus(SyntheticConfig(write_images=False, **bad))
     with pytest.raises(ValueError, match="out"):
         make_synthetic_corpus(SyntheticConfig(posts=10))
     assert SyntheticConfig(posts=10).n_users() == 2 and SyntheticConfig(posts=1000).n_users() == 50
+
+
+def test_captions_option_adds_a_column_and_changes_nothing_else(tmp_path):
+    base = make_synthetic_corpus(SyntheticConfig(posts=400, seed=5, write_images=False))
+    with_caps = make_synthetic_corpus(SyntheticConfig(posts=400, seed=5, write_images=False, captions_per_post=5))
+    assert "captions" not in base.posts.columns
+    assert list(with_caps.posts.columns) == list(base.posts.columns) + ["captions"]
+    for col in base.posts.columns:  # every existing column, lists included, is the same
+        assert list(with_caps.posts[col].map(lambda v: list(v) if isinstance(v, list) else v)) == \
+            list(base.posts[col].map(lambda v: list(v) if isinstance(v, list) else v)), col
+    assert with_caps.links.equals(base.links)
+    assert with_caps.users.drop(columns="interests").equals(base.users.drop(columns="interests"))
+    assert np.array_equal(np.stack(with_caps.users["interests"]), np.stack(base.users["interests"]))
+    again = make_synthetic_corpus(SyntheticConfig(posts=400, seed=5, write_images=False, captions_per_post=5))
+    assert list(again.posts["captions"]) == list(with_caps.posts["captions"])  # deterministic by seed
+    other = make_synthetic_corpus(SyntheticConfig(posts=400, seed=6, write_images=False, captions_per_post=5))
+    assert list(other.posts["captions"]) != list(with_caps.posts["captions"])
+    reordered = 0
+    for objs, caps in zip(_objects(with_caps), with_caps.posts["captions"]):
+        assert len(caps) == 5 and len(set(caps)) == 5  # five different sentences
+        for cap in caps:  # each names every object with its colour, in one of the phrasings
+            assert all(f"{o['color']} {o['label']}" in cap or f"{o['label']} in {o['color']}" in cap for o in objs)
+        if len({o["label"] for o in objs}) > 1:  # which object is named first varies between the captions
+            reordered += len({min(objs, key=lambda o: cap.index(o["label"]))["label"] for cap in caps}) > 1
+    assert reordered > 50
+    with_caps.save(tmp_path / "syn")
+    from mmsocial.systems.bssan import captions_of
+
+    back = Corpus.load(tmp_path / "syn")
+    assert captions_of(back.posts) == [list(c) for c in with_caps.posts["captions"]]
 
 
 def test_render_rejects_foreign_labels_and_boxes(corpus):
@@ -215,3 +245,11 @@ def test_cli_builds_a_corpus(tmp_path):
     r = CliRunner().invoke(app, ["data", "synthetic", "--out", str(out), "--posts", "60", "--no-write-images"])
     assert r.exit_code == 0, r.output
     assert len(Corpus.load(out)) == 60
+    assert "captions" not in Corpus.load(out).posts.columns
+    r = CliRunner().invoke(app, ["data", "synthetic", "--out", str(tmp_path / "caps"), "--posts", "60",
+                                 "--no-write-images", "--captions", "3"])
+    assert r.exit_code == 0, r.output
+    assert Corpus.load(tmp_path / "caps").posts["captions"].map(len).tolist() == [3] * 60
+    r = CliRunner().invoke(app, ["data", "synthetic", "--out", str(tmp_path / "bad"), "--posts", "60",
+                                 "--no-write-images", "--captions", "-1"])
+    assert r.exit_code == 2 and "--captions must be in [0, 20], got -1" in r.output, r.output

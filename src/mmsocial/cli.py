@@ -141,16 +141,19 @@ def data_synthetic(out: Path = typer.Option(Path("data/synthetic"), help="corpus
                    users: Optional[int] = typer.Option(None, help="number of users (default posts/20)"),
                    image_size: int = typer.Option(224, help="side of the rendered images"),
                    write_images: bool = typer.Option(True, help="write PNG files; otherwise images "
-                                                     "are rendered on demand from the stored objects")):
+                                                     "are rendered on demand from the stored objects"),
+                   captions: int = typer.Option(0, "--captions", help="N > 0: a 'captions' column with N "
+                                                "different sentences per post (image-text matching); the "
+                                                "other columns are the same as without it")):
     """Generate a synthetic social corpus (objects at known boxes, tags, captions, users, links)."""
     from mmsocial.data.synthetic import SyntheticConfig, make_synthetic_corpus
 
     cfg = SyntheticConfig(posts=posts, seed=seed, users=users, image_size=image_size,
-                          write_images=write_images)
+                          write_images=write_images, captions_per_post=captions)
     try:
         cfg.check()
     except ValueError as e:
-        _fail(f"--{str(e).removeprefix('SyntheticConfig: ').replace('_', '-')}")
+        _fail(f"--{str(e).removeprefix('SyntheticConfig: ').replace('captions_per_post', 'captions').replace('_', '-')}")
     t = time.perf_counter()
     c = make_synthetic_corpus(cfg, out)  # only into a new or empty folder; built beside it, then renamed
     typer.echo(c.describe())

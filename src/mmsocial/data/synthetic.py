@@ -7,6 +7,9 @@ have Dirichlet interest profiles over the classes (a post's objects are drawn fr
 author's profile), and popularity log2(views/days + 1) is a known function of the user, the
 content and the text plus noise (the model is stored in ``meta["synthetic"]["popularity"]``).
 Links follow DMAN's label rule (:func:`mmsocial.data.graph.label_link_pairs`).
+With ``captions_per_post = N > 0`` a ``captions`` list column holds N different sentences per post
+describing its objects (image-text matching with several captions per image, as Flickr30K/COCO have);
+they are drawn from a random generator of their own, so every other column is the same with or without them.
 
 Metadata is generated with vectorised NumPy, so a million posts need no image in memory:
 with ``write_images=False`` a post's image is ``synth:<post_id>`` and
@@ -67,6 +70,12 @@ HOT_WORDS = ("amazing", "cute", "beautiful")
 PREFIXES = ("", "", "look at ", "my photo of ", "just saw ", "here is ", "spotted ")
 PLACES = ("", "", " today", " in the park", " at sunset", " this morning", " on my way home",
           " in the city", " by the lake")
+CAPTION_PREFIXES = ("", "a photo of ", "a picture of ", "an image with ", "there is ", "we can see ",
+                    "look at ", "here is ", "this shows ", "a drawing of ")
+CAPTION_PLACES = ("", "", " today", " in the park", " at sunset", " this morning", " in the city",
+                  " by the lake", " on a sunny day", " at home", " outside")
+CAPTION_JOINERS = (" and ", " with ", " next to ", " beside ")
+CAPTION_STREAM = 0xCA9  # the captions' random generator: np.random.default_rng([seed, CAPTION_STREAM])
 HOT_SUFFIXES = tuple(f" so {w}!" if w == "cute" else f" {w}!" for w in HOT_WORDS)
 START_TIME = 1451606400.0  # 2016-01-01 00:00 UTC
 
@@ -95,6 +104,7 @@ class SyntheticConfig:
     span_days: float = 365.0
     workers: int = 2                      # processes that write PNG files
     name: str = "synthetic"
+    captions_per_post: int = 0            # > 0: a `captions` column with this many sentences per post
 
     def n_users(self) -> int:
         return self.users if self.users is not None else max(2, self.posts // 20)
@@ -123,6 +133,8 @@ class SyntheticConfig:
             bad(f"span_days must be > 0, got {self.span_days}")
         if self.workers < 1:
             bad(f"workers must be >= 1, got {self.workers}")
+        if not 0 <= self.captions_per_post <= 20:
+            bad(f"captions_per_post must be in [0, 20], got {self.captions_per_post}")
 
 
 def make_synthetic_corpus(cfg: SyntheticConfig, out: str | os.PathLike | None = None) -> Corpus:
@@ -211,6 +223,9 @@ def make_synthetic_corpus(cfg: SyntheticConfig, out: str | os.PathLike | None = 
         "timestamp": ts, "views": views, "days": days, "split": None,
         "objects": objects, "superclasses": super_lists,
     }
+    if cfg.captions_per_post:
+        columns["captions"] = _captions([c[0] for c in classes], [c[4] for c in classes], oc, ol, bounds,
+                                        cfg.captions_per_post, np.random.default_rng([cfg.seed, CAPTION_STREAM]))
     # object columns stay object (pandas would infer Arrow strings and iterate them slowly)
     posts = pd.DataFrame({k: v if isinstance(v, np.ndarray) and v.dtype != object
                           else pd.Series(v if v is not None else [None] * n, dtype=object)
@@ -247,6 +262,50 @@ def make_synthetic_corpus(cfg: SyntheticConfig, out: str | os.PathLike | None = 
         fill = (lambda tmp: write_images(corpus, tmp, workers=cfg.workers)) if cfg.write_images else None
         save_new_corpus(corpus, out, fill)
     return corpus
+
+
+def _captions(names, palettes, obj_class: list, obj_color: list, bounds: list, k: int, rng) -> list[list[str]]:
+    """``k`` different sentences per post naming each of its objects with its colour: a random order of
+    the objects, one of four phrasings, a prefix, a joiner and a place. Drawn in bulk (``2k`` candidates a
+    post), then one at a time for the rare post whose candidates repeat."""
+    def article(word):
+        return "an" if word[0] in "aeiou" else "a"
+
+    def phrase(style, c, col):
+        name, colour = names[c], palettes[c][col]
+        return (f"{article(colour)} {colour} {name}", f"{article(name)} {name} in {colour}",
+                f"one {colour} {name}", f"the {colour} {name}")[style]
+
+    def sentence(objs, style, prefix, joiner, place, keys):
+        parts = [phrase(style, c, col) for _, c, col in sorted(zip(keys, *zip(*objs)))]
+        if len(parts) == 1:
+            body = parts[0]
+        elif joiner == 0:
+            body = ", ".join(parts[:-1]) + " and " + parts[-1]
+        else:
+            body = parts[0] + CAPTION_JOINERS[joiner] + (parts[1] if len(parts) == 2 else
+                                                         ", ".join(parts[1:-1]) + " and " + parts[-1])
+        return CAPTION_PREFIXES[prefix] + body + CAPTION_PLACES[place]
+
+    n, m = len(bounds) - 1, 2 * k
+    style, prefix = rng.integers(0, 4, (n, m)).tolist(), rng.integers(0, len(CAPTION_PREFIXES), (n, m)).tolist()
+    joiner, place = (rng.integers(0, len(CAPTION_JOINERS), (n, m)).tolist(),
+                     rng.integers(0, len(CAPTION_PLACES), (n, m)).tolist())
+    order = rng.random((n, m, 4)).tolist()
+    out = []
+    for i in range(n):
+        objs = [(obj_class[j], obj_color[j]) for j in range(bounds[i], bounds[i + 1])]
+        caps: dict[str, None] = {}
+        for t in range(m):
+            if len(caps) == k:
+                break
+            caps.setdefault(sentence(objs, style[i][t], prefix[i][t], joiner[i][t], place[i][t], order[i][t]))
+        while len(caps) < k:
+            caps.setdefault(sentence(objs, int(rng.integers(0, 4)), int(rng.integers(0, len(CAPTION_PREFIXES))),
+                                     int(rng.integers(0, len(CAPTION_JOINERS))),
+                                     int(rng.integers(0, len(CAPTION_PLACES))), rng.random(4).tolist()))
+        out.append(list(caps))
+    return out
 
 
 def _links_frame(post_ids, src, dst) -> pd.DataFrame:

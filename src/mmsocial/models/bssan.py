@@ -487,18 +487,21 @@ class BSSAN(nn.Module):
             if self.w2r is not None:
                 parts[1] = self._w2r_pairs(images, captions, img, cap, uniq, counts)
             if self.o2w is not None:
+                layers = _fold_mlp(self.o2w.mlp)  # once for the many calls below
                 by_cap = torch.argsort(cap * n_cap + img)
                 c_uniq, c_counts = torch.unique_consecutive(cap[by_cap], return_counts=True)
                 if len(c_uniq) < len(uniq):  # fewer captions than images: caption by caption
                     f, a = torch.empty_like(parts[2]), 0
                     for c, m in zip(c_uniq.tolist(), c_counts.tolist()):
-                        f[a:a + m] = self._o2w_block(images, captions, img[by_cap[a:a + m]], c_uniq.new_tensor([c]))[:, 0]
+                        f[a:a + m] = self._o2w_block(images, captions, img[by_cap[a:a + m]], c_uniq.new_tensor([c]),
+                                                     layers)[:, 0]
                         a += m
                     parts[2, by_cap] = f
                 else:
                     a = 0
                     for i, m in zip(uniq.tolist(), counts.tolist()):
-                        parts[2, a:a + m] = self._o2w_block(images, captions, uniq.new_tensor([i]), cap[a:a + m])[0]
+                        parts[2, a:a + m] = self._o2w_block(images, captions, uniq.new_tensor([i]), cap[a:a + m],
+                                                            layers)[0]
                         a += m
             parts[0] = parts[1] + self.cfg.lam * parts[2]  # Eq. 19
         out = torch.empty_like(parts).index_copy_(1, order, parts)
@@ -593,48 +596,60 @@ class BSSAN(nn.Module):
         return out
 
     def _w2r_ragged(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor, slots: Tensor,
-                    cap: Tensor) -> Tensor:
+                    cap: Tensor, chunk: int = 8) -> Tensor:
         """f_w2r (n,) of the pairs (image_rows[slots[p]], cap[p]), ``slots`` non-decreasing: as ``_w2r_block``
-        over the prefix tree of the (image, caption) pairs, each image's nodes padded to the widest image."""
+        over the prefix tree of the (image, caption) pairs. The image-dependent products (attention and the
+        region half of the LSTM input) run ``chunk`` consecutive images at a time (``_w2r_pairs`` orders them
+        by their number of pairs), each image's nodes padded to the widest of its chunk at that level; the
+        recurrence and the gates on the level's real nodes only."""
         H, G = self.cfg.w2r_lstm, len(image_rows)
         ids = self._word_ids(captions)[cap].clone()
         first = ids[:, 0] if self.share_prefixes else torch.arange(len(cap))
         ids[:, 0] = slots * (int(first.max()) + 1) + first  # the image is part of every prefix
         levels = prefix_tree(ids, captions.lengths[cap])
         WR = images.WR[image_rows]
-        D = WR.shape[1]
+        E = WR.shape[2]
         scale = 2 if self.cfg.attention_tanh else 1  # as in _w2r_block
         WR2, b2 = scale * WR, scale * self.w2r.attention.b
         RU = images.RU[image_rows]
         w_hh = _gate_order(self.w2r.lstm.weight_hh_l0, H).T
         last = WR.new_empty(len(cap), H)
-        h = c2 = prev_pos = None
-        for k, level in enumerate(levels):
+        h = c2 = None
+        for k, level in enumerate(levels):  # nodes of a level are sorted by slot (the image is the first key)
             slot = slots[level.rep]
             width = torch.bincount(slot, minlength=G)
-            m = int(width.max())
-            pos = slot * m + torch.arange(len(slot)) - (torch.cumsum(width, 0) - width)[slot]
+            rank = torch.arange(len(slot)) - (torch.cumsum(width, 0) - width)[slot]  # node's rank in its image
+            m_c = torch.nn.functional.pad(width, (0, -G % chunk)).view(-1, chunk).amax(1)  # widest of each chunk
+            n_c = torch.full_like(m_c, chunk)
+            n_c[-1] = G - chunk * (len(m_c) - 1)
+            size = n_c * m_c
+            base = torch.cumsum(size, 0) - size
+            c_of = slot // chunk
+            pos = base[c_of] + (slot % chunk) * m_c[c_of] + rank  # each node's row in the padded chunks
             rows = cap[level.rep]
-            Tn = WR.new_zeros(G * m, WR.shape[2]).index_copy_(0, pos, captions.T[rows, k])
-            TXn = WR.new_zeros(G * m, 4 * H).index_copy_(0, pos, captions.TX[rows, k])
-            e = torch.baddbmm(b2, WR2, Tn.view(G, m, -1).transpose(1, 2))  # (G, D, m)
-            alpha = torch.softmax(self._fast_logits(e), dim=1)  # Eq. 1-2
-            gates = torch.baddbmm(TXn.view(G, m, -1), alpha.transpose(1, 2), RU)  # Eq. 3
+            Tn = WR.new_zeros(int(size.sum()), E).index_copy_(0, pos, captions.T[rows, k])
+            U = WR.new_empty(int(size.sum()), 4 * H)
+            for j, (m, g, a) in enumerate(zip(m_c.tolist(), n_c.tolist(), base.tolist())):
+                if m == 0:  # no node of these images at this level
+                    continue
+                sl = slice(j * chunk, j * chunk + g)
+                e = torch.baddbmm(b2, WR2[sl], Tn[a:a + g * m].view(g, m, E).transpose(1, 2))  # (g, D, m)
+                alpha = torch.softmax(self._fast_logits(e), dim=1)  # Eq. 1-2
+                torch.bmm(alpha.transpose(1, 2), RU[sl], out=U[a:a + g * m].view(g, m, 4 * H))  # W_ihᵘ u_k
+            gates = U.index_select(0, pos).add_(captions.TX[rows, k])  # + W_ihᵗ t_k + b (Eq. 3), real nodes
             if h is not None:
-                parent = torch.zeros(G * m, dtype=torch.long).index_copy_(0, pos, prev_pos[level.parent])
-                hp, cp = h.index_select(0, parent), c2.index_select(0, parent)
-                gates.view(-1, 4 * H).addmm_(hp, w_hh)
-            i, f, o, g2 = gates.view(G * m, 4 * H).sigmoid_().split(H, dim=-1)
+                hp, cp = h.index_select(0, level.parent), c2.index_select(0, level.parent)
+                gates.addmm_(hp, w_hh)
+            i, f, o, g2 = gates.sigmoid_().split(H, dim=-1)
             g2 = g2.mul_(4).sub_(2)
             c2 = i * g2 if h is None else torch.addcmul(i * g2, f, cp)
             h = torch.sigmoid(c2).mul_(2).sub_(1).mul_(o)
             if len(level.end_caps):
-                last[level.end_caps] = h[pos[level.end_nodes]]
-            prev_pos = pos
+                last[level.end_caps] = h[level.end_nodes]
         return _run_folded(_fold_mlp(self.w2r.mlp), last).view(-1)  # Eq. 5-6
 
     def _o2w_block(self, images: ImageCache, captions: CaptionCache, image_rows: Tensor,
-                   caption_rows: Tensor) -> Tensor:
+                   caption_rows: Tensor, layers: list | None = None) -> Tensor:
         """f_o2w (G, n), Eq. 9-14, caption-major: one product gives every object's logits over every word."""
         G, n = len(image_rows), len(caption_rows)
         L = int(captions.lengths[caption_rows].max())
@@ -649,7 +664,7 @@ class BSSAN(nn.Module):
         beta = torch.softmax(e.masked_fill_(~mask[:, :, None], float("-inf")), dim=1)  # Eq. 9, over the words
         first = torch.bmm(beta.transpose(1, 2), SC)  # layer 1 on u_j = Σ_k β s_k (Eq. 11, 13), word half
         first += images.OC[image_rows].reshape(1, G * P, -1)  # ... and its object half
-        layers = _fold_mlp(self.o2w.mlp)
+        layers = layers if layers is not None else _fold_mlp(self.o2w.mlp)
         x = first.sigmoid_() if layers[0][2] else first
         y = _run_folded(layers[1:], x.view(n * G * P, -1)).view(n, G, P)  # Eq. 13
         return y.mean(2).T  # Eq. 14

@@ -138,7 +138,11 @@ class Config(ExperimentConfig):
     test_images: int = Field(1000, ge=1, description="test images (paper: 1K)")
     captions_per_image: int = Field(5, ge=1, description="test captions per image (paper: 5)")
     val_images: int = Field(200, ge=1, description="validation images used for checkpoint selection")
-    two_stage_k: int = Field(100, ge=1, description="K of the two-stage row")
+    two_stage_k: int = Field(100, ge=1, description="K of the two-stage row: each test image's top-K captions")
+    two_stage_k_t2i: Optional[int] = Field(None, ge=0, description="each test caption's top images re-ranked; "
+                                           "None: ceil(K / captions per test image) (the same share of the "
+                                           "candidates as an image's; = K with one caption per image); "
+                                           "two_stage_k for the rule before this option")
     two_stage_full: bool = Field(True, description="the two-stage row also scores every pair, to report "
                                  "its speed-up and the recall it keeps (diagnostics)")
     chunk_pairs: int = Field(8192, ge=1, description="pairs scored per batched call")
@@ -596,8 +600,8 @@ def dual_scores(model, data: Data, imgs: np.ndarray, caps: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------- one cell
 def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cell:
     """Train (or fit) one row with one seed under ``workdir`` and evaluate it on the test images."""
-    from mmsocial.eval.protocols.bssan import (embedding_scores, image_text_retrieval, recall_kept,
-                                               two_stage_scores)
+    from mmsocial.eval.protocols.bssan import (default_k_t2i, embedding_scores, image_text_retrieval,
+                                               recall_kept, two_stage_scores)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -637,10 +641,12 @@ def run_cell(row: str, seed: int, data: Data, cfg: Config, workdir: Path) -> Cel
             history, selection = _history(result), _selection(result, "val_rsum")
         t = time.perf_counter()
         first = dual_scores(dual, data, imgs, caps)
-        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k)
+        k_t2i = cfg.two_stage_k_t2i if cfg.two_stage_k_t2i is not None else default_k_t2i(
+            cfg.two_stage_k, len(imgs), len(caps))
+        scores, n_pairs = two_stage_scores(first, bssan_scorer(model, data, imgs, caps), cfg.two_stage_k, k_t2i)
         seconds = time.perf_counter() - t
         metrics = image_text_retrieval(scores, caption_row)
-        diagnostics.update(two_stage_seconds=seconds, pairs_scored=n_pairs, k=cfg.two_stage_k)
+        diagnostics.update(two_stage_seconds=seconds, pairs_scored=n_pairs, k=cfg.two_stage_k, k_t2i=k_t2i)
         if cfg.two_stage_full:
             full, _, full_seconds = evaluate_bssan(model, data, imgs, caps, caption_row, cfg.chunk_pairs)
             diagnostics.update(full_seconds=full_seconds, speedup=full_seconds / max(seconds, 1e-9),

@@ -108,31 +108,47 @@ def pair_score_matrix(score_pairs: PairScorer, n_images: int, n_captions: int, c
     return out
 
 
-def candidate_pairs(first_stage: np.ndarray, k: int) -> np.ndarray:
-    """(n, 2) distinct (image, caption) pairs among each image's top-k captions and each caption's
-    top-k images under the first-stage scores."""
+def default_k_t2i(k: int, n_images: int, n_captions: int) -> int:
+    """K of the text->image direction by default: ceil(K / captions per image), captions per image being
+    n_captions / n_images, so that a caption re-ranks the same share of its candidates (the images) as an
+    image does of its own (the captions): K / n_captions = K_t2i / n_images, rounded up."""
+    if k < 1 or n_images < 1 or n_captions < 1:
+        raise ValueError(f"need k, n_images and n_captions >= 1, got {k}, {n_images}, {n_captions}")
+    return -(-k * n_images // n_captions)
+
+
+def candidate_pairs(first_stage: np.ndarray, k: int, k_t2i: int | None = None) -> np.ndarray:
+    """(n, 2) distinct (image, caption) pairs, sorted, among each image's top-``k`` captions and each
+    caption's top-``k_t2i`` images under the first-stage scores (a pair in both sets once).
+    ``k_t2i`` None: ``default_k_t2i`` (= k when there are as many captions as images); 0: no caption's."""
     first_stage = np.asarray(first_stage)
     n_img, n_cap = first_stage.shape
-    k_cap, k_img = min(k, n_cap), min(k, n_img)
+    if k_t2i is None:
+        k_t2i = default_k_t2i(k, n_img, n_cap)
+    if k < 1 or k_t2i < 0:
+        raise ValueError(f"need k >= 1 and k_t2i >= 0, got {k}, {k_t2i}")
+    k_cap, k_img = min(k, n_cap), min(k_t2i, n_img)
     top_cap = np.argpartition(-first_stage, k_cap - 1, axis=1)[:, :k_cap]  # (N_img, k)
-    top_img = np.argpartition(-first_stage, k_img - 1, axis=0)[:k_img]  # (k, N_cap)
-    pairs = np.concatenate([np.stack([np.repeat(np.arange(n_img), k_cap), top_cap.ravel()], 1),
-                            np.stack([top_img.ravel(), np.tile(np.arange(n_cap), k_img)], 1)])
-    flat = np.unique(pairs[:, 0].astype(np.int64) * n_cap + pairs[:, 1])
+    parts = [np.repeat(np.arange(n_img, dtype=np.int64), k_cap) * n_cap + top_cap.ravel()]
+    if k_img:
+        top_img = np.argpartition(-first_stage, k_img - 1, axis=0)[:k_img]  # (k_t2i, N_cap)
+        parts.append(top_img.ravel().astype(np.int64) * n_cap + np.tile(np.arange(n_cap), k_img))
+    flat = np.unique(np.concatenate(parts))
     return np.stack([flat // n_cap, flat % n_cap], 1)
 
 
-def two_stage_scores(first_stage: np.ndarray, score_pairs: PairScorer, k: int,
+def two_stage_scores(first_stage: np.ndarray, score_pairs: PairScorer, k: int, k_t2i: int | None = None,
                      chunk_pairs: int = 1 << 22) -> tuple[np.ndarray, int]:
-    """Re-rank the first stage's top-k with ``score_pairs`` in both directions, ``chunk_pairs`` pairs
-    per call (large: a scorer can group long pair lists by image and by caption).
+    """Re-rank the first stage's candidates (``candidate_pairs``: each image's top-``k`` captions and each
+    caption's top-``k_t2i`` images, by default ceil(k / captions per image)) with ``score_pairs``,
+    ``chunk_pairs`` pairs per call (large: a scorer can group long pair lists by image and by caption).
 
     Returns a score matrix in which, for every query, its re-scored candidates rank above every
     other item (ordered by the model's score) and the rest keep the first stage's order; and the
     number of pairs the model scored.
     """
     first_stage = np.asarray(first_stage, dtype=np.float64)
-    pairs = candidate_pairs(first_stage, k)
+    pairs = candidate_pairs(first_stage, k, k_t2i)
     model_scores = np.empty(len(pairs), dtype=np.float64)
     with torch.inference_mode():
         for a in range(0, len(pairs), chunk_pairs):
