@@ -26,36 +26,45 @@ from mmsocial.models.bssan import BSSAN
 from mmsocial.systems import bssan as S
 
 
-def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> tuple[float, float, int]:
-    """(pointing accuracy, uniform expectation, number of (image, word) pairs)."""
+def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> dict[str, float]:
+    """Over every (test image, caption word naming one of its objects): how often the argmax (and the
+    argmin) region lies inside the named object's box, the attention mass inside it, what uniform attention
+    gives for both (the share of region centres inside), and how peaked the attention is (the largest
+    weight and the entropy, averaged over every word of the captions)."""
     d = data.regions.shape[1]
     g = int(round(np.sqrt(d)))
     j = np.arange(d)
     centres = np.stack([(j % g + 0.5) / g, (j // g + 0.5) / g], 1)  # row-major grid: (x, y) of region j
     objects = corpus.posts.set_index("post_id").loc[[data.post_ids[i] for i in imgs], "objects"].tolist()
     words = data.vocabulary.words
-    hits, expected, pairs = 0, 0.0, 0
+    argmax_in, argmin_in, mass, share, peak, entropy = [], [], [], [], [], []
     model.eval()
     for i, objs in zip(imgs, objects):
         cap = data.captions(np.array([i]))[:1]
         R, O = data.image_features(np.array([i]))
         T, lengths = data.words(cap)
         with torch.no_grad():
-            alpha = model(R, O, T, lengths)["alpha"][0].numpy()  # (L, D)
+            alpha = model(R, O, T, lengths)["alpha"][0].double().numpy()  # (L, D)
         tokens = [words[t] for t in data.caption_ids[cap[0], : int(lengths[0])]]
         boxes: dict[str, list] = {}
         for obj in json.loads(objs):
             boxes.setdefault(obj["label"], []).append([v / image_size for v in obj["box"]])
         for k, w in enumerate(tokens):
+            a = alpha[k]
+            peak.append(a.max())
+            entropy.append(-(a * np.log(np.clip(a, 1e-300, None))).sum())
             if w not in boxes:
                 continue
             inside = np.zeros(d, dtype=bool)
             for x0, y0, x1, y1 in boxes[w]:
                 inside |= (centres[:, 0] >= x0) & (centres[:, 0] < x1) & (centres[:, 1] >= y0) & (centres[:, 1] < y1)
-            hits += bool(inside[alpha[k].argmax()])
-            expected += inside.mean()
-            pairs += 1
-    return hits / max(pairs, 1), expected / max(pairs, 1), pairs
+            argmax_in.append(inside[a.argmax()])
+            argmin_in.append(inside[a.argmin()])
+            mass.append(a[inside].sum())
+            share.append(inside.mean())
+    mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
+    return {"argmax": mean(argmax_in), "argmin": mean(argmin_in), "mass": mean(mass), "uniform": mean(share),
+            "pairs": len(share), "peak": mean(peak), "entropy": mean(entropy), "max_entropy": float(np.log(d))}
 
 
 def main():
@@ -92,13 +101,16 @@ def main():
     untrained.load_state_dict({k: v for k, v in model.state_dict().items()
                                if k in ("region_mean", "region_std", "object_mean", "object_std")},
                               strict=False)  # the same input standardisation, random weights
-    acc0, uni, n = pointing(untrained, data, corpus, test, size)
-    acc, _, _ = pointing(model, data, corpus, test, size)
-    print(f"{n} (test image, object word) pairs on a {int(np.sqrt(data.regions.shape[1]))}x"
-          f"{int(np.sqrt(data.regions.shape[1]))} grid; {what}")
-    print("| attention | points inside the named object's box |\n|---|---|")
-    print(f"| uniform (expected) | {uni:.1%} |\n| untrained BSSAN | {acc0:.1%} |\n| trained BSSAN | {acc:.1%} |")
-    print(f"trained / uniform = {acc / max(uni, 1e-9):.2f}x")
+    before, after = pointing(untrained, data, corpus, test, size), pointing(model, data, corpus, test, size)
+    g = int(np.sqrt(data.regions.shape[1]))
+    print(f"{after['pairs']} (test image, object word) pairs on a {g}x{g} grid; {what}")
+    print("| attention | argmax inside the named object's box | argmin inside | mass inside | largest weight "
+          "| entropy |\n|---|---|---|---|---|---|")
+    u = after["uniform"]
+    print(f"| uniform (expected) | {u:.1%} | {u:.1%} | {u:.1%} | {1 / g ** 2:.3f} | {after['max_entropy']:.2f} |")
+    for name, r in (("untrained BSSAN", before), ("trained BSSAN", after)):
+        print(f"| {name} | {r['argmax']:.1%} | {r['argmin']:.1%} | {r['mass']:.1%} | {r['peak']:.3f} | {r['entropy']:.2f} |")
+    print(f"trained argmax inside / uniform = {after['argmax'] / max(u, 1e-9):.2f}x")
 
 
 if __name__ == "__main__":
