@@ -227,6 +227,26 @@ def test_feature_dataset_reads_memmap_rows(tmp_path):
         FeatureDataset({"y": np.arange(3.0)}, rows=np.array([3]))
 
 
+def test_feature_rows_read_into_place_with_repeats_and_short_reads(tmp_path, monkeypatch):
+    from mmsocial.train import data as train_data
+
+    arr = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(50, 3, 2))
+    arr[:] = np.random.default_rng(0).normal(size=arr.shape).astype(np.float16)
+    arr.flush()
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    rows = np.array([7, 8, 9, 3, 3, 49, 0, 1, 10, 8])  # runs, a repeat, both ends of the file
+    real = os.preadv
+
+    def short(fd, buffers, offset):  # at most 5 bytes per call: a row is split across calls
+        first = memoryview(buffers[0])[:5]
+        return real(fd, [first], offset)
+    monkeypatch.setattr(train_data.os, "preadv", short)
+    got = FeatureDataset({"r": mm}).read(rows)["r"]
+    monkeypatch.setattr(train_data.os, "preadv", real)
+    assert torch.equal(got, torch.from_numpy(np.asarray(mm)[rows].astype(np.float32)))
+    assert torch.equal(FeatureDataset({"r": mm}).read(rows)["r"], got)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -420,7 +420,8 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
                              "every rank needs the same, non-zero number")
         return batches
 
-    steps_per_epoch = len(batches_for(0))
+    first_epoch = batches_for(0)  # kept for epoch 0: a triplet sampler's epoch costs a measurable share
+    steps_per_epoch = len(first_epoch)
     # the schedule's length; a triplet sampler may give an epoch a batch more or less than epoch 0
     # (it skips batches without any triplet), so the loop itself stops on epochs or max_steps
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
@@ -566,7 +567,8 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     model.train()
     try:
         while not stopped and step < max_steps and epoch < cfg.epochs:
-            batches = batches_for(epoch)
+            batches, first_epoch = (first_epoch if epoch == 0 and first_epoch is not None
+                                    else batches_for(epoch)), None
             if workers == 0:
                 loader = read_batches(train_data, batches[pos:], collate_fn)
             else:
