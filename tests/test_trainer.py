@@ -227,6 +227,25 @@ def test_feature_dataset_reads_memmap_rows(tmp_path):
         FeatureDataset({"y": np.arange(3.0)}, rows=np.array([3]))
 
 
+def test_rng_state_round_trip_in_the_compact_and_the_older_list_form():
+    import random
+
+    from mmsocial.train.trainer import _rng_state, _set_rng_state
+
+    cpu = torch.device("cpu")
+    random.seed(5), np.random.seed(7), torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state
+    state = _rng_state(cpu)
+    draws = (random.random(), np.random.normal(), torch.rand(3))
+    older = {**state, "numpy": [state["numpy"][0], state["numpy"][1].tolist(), *state["numpy"][2:]],
+             "python": (state["python"][0], tuple(state["python"][1].tolist()), state["python"][2])}
+    for form in (state, older):
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        _set_rng_state(form, cpu)
+        again = (random.random(), np.random.normal(), torch.rand(3))
+        assert again[:2] == draws[:2] and torch.equal(again[2], draws[2])
+
+
 def test_feature_rows_read_into_place_with_repeats_and_short_reads(tmp_path, monkeypatch):
     from mmsocial.train import data as train_data
 

@@ -134,11 +134,16 @@ def _build_optimizer(cfg: TrainConfig, params: Iterable) -> torch.optim.Optimize
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The torch, CUDA, numpy and Python RNG states; the numpy keys and the Python state's 625 words
+    as int64 tensors: pickled as a list of ints they cost torch.save a Python call per int, a
+    measurable share of every checkpoint (older checkpoints with lists still load)."""
     np_state = np.random.get_state()
+    version, words, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": random.getstate()}
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": (version, torch.tensor(words, dtype=torch.int64), gauss)}
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
@@ -146,8 +151,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
     name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words.tolist()) if isinstance(words, torch.Tensor) else tuple(words), gauss))
 
 
 @contextlib.contextmanager
