@@ -436,7 +436,7 @@ def main() -> None:
     p.add_argument("--corpus", default="/work/data/synthetic")
     p.add_argument("--systems", nargs="*", default=None, help="default: every registered system")
     p.add_argument("--steps", type=int, default=400, help="at most this many steps per run")
-    p.add_argument("--seconds", type=float, default=2.0,
+    p.add_argument("--seconds", type=float, default=4.0,
                    help="aim at runs of about this many CPU seconds (whole epochs, at least one)")
     p.add_argument("--runs", type=int, default=7, help="interleaved trainer/bare runs per system")
     p.add_argument("--reps", type=int, default=3, help="--cli: runs per arm")

@@ -227,6 +227,22 @@ def test_feature_dataset_reads_memmap_rows(tmp_path):
         FeatureDataset({"y": np.arange(3.0)}, rows=np.array([3]))
 
 
+def test_meter_sums_match_float64_sums_by_name_when_the_entries_change():
+    from mmsocial.train.trainer import _Meter
+
+    g = torch.Generator().manual_seed(0)
+    meter, expected = _Meter({"loss": 1.25, "a": 3.0}, count=2), {"loss": 1.25, "a": 3.0}
+    for i in range(60):
+        names = ["loss", "a"] if i < 20 or i >= 40 else ["loss", "b", "a"]  # a new entry, then gone again
+        entries = {k: torch.rand((), generator=g) * 1e3 for k in names}
+        meter.add(entries)
+        for k, v in entries.items():
+            expected[k] = float(torch.tensor(expected[k], dtype=torch.float64) + v.double()) if k in expected \
+                else float(v.double())
+    assert meter.state() == {"sums": expected, "count": 62}
+    assert meter.means() == {k: v / 62 for k, v in expected.items()}
+
+
 def test_rng_state_round_trip_in_the_compact_and_the_older_list_form():
     import random
 
