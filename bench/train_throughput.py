@@ -3,21 +3,45 @@
 For each system, on its cached features of a corpus (default /work/data/synthetic; features are
 extracted through the feature store when missing), in a child process of its own:
 
-- the real training step through ``train.trainer.train``: the system's own model, dataset, loss,
-  sampler, optimiser and checkpoint cadence, captured from ``run_cell`` of its main row (the
-  trainer call is intercepted, nothing else is replaced), run for one epoch's worth of steps
-  (at most ``--steps``) with validation off -> samples/s;
-- the same model, optimiser and batches in a bare PyTorch loop (batches read into memory first; no
-  trainer, logging, loader or checkpoint) -> the trainer's overhead in % of the bare time; the time
-  to read the batches is shown too ("read %": part of the overhead);
+- the trainer's overhead against a bare PyTorch loop, in ``--runs`` runs (below) -> samples/s of
+  each arm and the overhead in % of the bare arm's CPU time (and wall time);
 - the step's arithmetic counted with ``torch.utils.flop_counter.FlopCounterMode`` (forward and
   backward) -> GFLOP/s of the trainer step, and its share of a 2048x2048 float32 matmul's GFLOP/s
   measured in the same run with the same threads;
-- peak RSS of the child, user and system CPU time of the trainer runs (sys in % of user);
+- peak RSS of the child, user and system CPU time of the trainer arm (sys in % of user);
 - one validation pass (the system's ``evaluate``) and the embedding of every post in inference mode
   (systems with an embedding function) -> posts/s.
 
-Each arm runs ``--reps`` times, alternating, and the fastest run counts. Single thread by default.
+The two arms, with the system's own model, dataset, loss, sampler, optimiser settings and
+checkpoint cadence, captured from ``run_cell`` of its main row (the trainer call is intercepted):
+
+- trainer arm: one ``train.trainer.train`` call from a fresh copy of the model, ``resume=False``,
+  validation and early stopping off (``evaluate`` is timed on its own), for whole epochs of about
+  ``--seconds`` CPU-seconds (at least one epoch, at most ``--steps`` steps and the system's
+  schedule). It includes everything the trainer adds to the arithmetic: the run folder, config and
+  CSV logs, the sampler's epochs, reading every batch (the "loader"; "read %" is its CPU share
+  measured on its own), moving it to the device, the loss-dict checks and meters, logging every
+  ``log_every``, the per-validation bookkeeping and every checkpoint the cadence asks for (the
+  writer thread's CPU included), and the final checkpoint of the run;
+- bare arm: the same steps with no trainer, logger, loader or checkpoint: a second fresh copy of
+  the model, the same optimiser (``trainer._build_optimizer``, the same param groups), the
+  trainer's seeding, the same batches already in memory (read before the run, outside both arms'
+  clocks), and per step the same learning-rate factor, forward + loss, ``zero_grad``, backward,
+  gradient clipping and optimiser step. The same arithmetic: after the first run the bench checks
+  that both copies end with bit-identical weights ("same weights").
+
+Measurement (robust to a shared, loaded machine): the arms are interleaved step by step inside one
+``train`` call: the trainer's loss function first runs one step of the bare loop (on its own model,
+batch and saved RNG state, swapped in and out), so the arms alternate B T B T ... at the scale of
+one step and a change of the machine's speed hits both alike. The bare arm's time is the sum of its
+steps; the trainer's is the call's minus everything spent inside those bare steps and RNG swaps.
+CPU time, not wall time, is the main figure: with ``--threads 1`` every op runs in the calling
+thread, so the bare steps are timed with that thread's CPU clock (``time.thread_time``; the process
+clock with more threads or on a GPU), and the trainer's call with the process's (its checkpoint
+writer thread included). Each run gives one ratio; the overhead is the median over ``--runs`` runs,
+with the interquartile range and a percentile-bootstrap 95 % interval of the median (fixed seed).
+Wall time is reported the same way. A run is short (seconds), so the run's fixed costs (folder,
+config, final checkpoint) weigh more than in a full schedule: the figure is an upper bound there.
 
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py                      # every system, CPU
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py --systems dman --device cuda
@@ -313,7 +337,7 @@ def child(args) -> dict[str, Any]:
            "read_cpu_s": median([p["read_cpu"] for p in runs]), "runs": len(runs),
            "overhead_cpu": spread(cpu_ratio), "overhead_wall": spread(wall_ratio),
            "read_share": median([p["read_cpu"] / p["bare_cpu"] for p in runs]), "identical": identical,
-           "per_pair": [{k: v for k, v in p.items()} for p in runs], "samples_per_s": examples / t_wall, "bare_samples_per_s": examples / b_wall,
+           "per_run": [{k: v for k, v in p.items()} for p in runs], "samples_per_s": examples / t_wall, "bare_samples_per_s": examples / b_wall,
            "gflop_per_step": flops_per_example * examples / steps / 1e9,
            # on a GPU the host's CPU time says nothing of the arithmetic: GFLOP per wall second there
            "gflop_per_cpu_s": flops_per_example * examples / (t_wall if args.device == "cuda" else t_cpu) / 1e9,
@@ -438,7 +462,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400, help="at most this many steps per run")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="aim at runs of about this many CPU seconds (whole epochs, at least one)")
-    p.add_argument("--runs", type=int, default=7, help="interleaved trainer/bare runs per system")
+    p.add_argument("--runs", type=int, default=9, help="interleaved trainer/bare runs per system")
     p.add_argument("--reps", type=int, default=3, help="--cli: runs per arm")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
