@@ -17,8 +17,8 @@ checkpoint cadence, captured from ``run_cell`` of its main row (the trainer call
 
 - trainer arm: one ``train.trainer.train`` call from a fresh copy of the model, ``resume=False``,
   validation and early stopping off (``evaluate`` is timed on its own), for whole epochs of about
-  ``--seconds`` CPU-seconds (at least one epoch, at most ``--steps`` steps and the system's
-  schedule). It includes everything the trainer adds to the arithmetic: the run folder, config and
+  ``--gflop`` GFLOP as FlopCounterMode counts the step (at least one epoch, at most ``--steps``
+  steps and the system's schedule; so every run of the bench takes the same steps). It includes everything the trainer adds to the arithmetic: the run folder, config and
   CSV logs, the sampler's epochs, reading every batch (the "loader"; "read %" is its CPU share
   measured on its own), moving it to the device, the loss-dict checks and meters, logging every
   ``log_every``, the per-validation bookkeeping and every checkpoint the cadence asks for (the
@@ -40,7 +40,7 @@ thread, so the bare steps are timed with that thread's CPU clock (``time.thread_
 clock with more threads or on a GPU), and the trainer's call with the process's (its checkpoint
 writer thread included). Each run gives one ratio; the overhead is the median over ``--runs`` runs,
 with the interquartile range and a percentile-bootstrap 95 % interval of the median (fixed seed).
-Wall time is reported the same way. A run is short (seconds), so the run's fixed costs (folder,
+Wall time is reported the same way. A run is short (seconds here), so the run's fixed costs (folder,
 config, final checkpoint) weigh more than in a full schedule: the figure is an upper bound there.
 
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py                      # every system, CPU
@@ -300,11 +300,19 @@ def child(args) -> dict[str, Any]:
         return out[:steps], e
 
     warm_steps = min(3, tcfg.max_steps or 3, per_epoch)
-    warm = interleaved_run("warm-up", first_batches(warm_steps)[0], warm_steps)  # libraries, caches, allocator
-    step_s = (warm["trainer_cpu"] + warm["bare_cpu"]) / 2 / warm_steps
-    del warm
+    warm_batches = first_batches(warm_steps)[0]
+    interleaved_run("warm-up", warm_batches, warm_steps)  # libraries, caches, allocator
+    m, _ = fresh()
+    m.train()
+    counted = [b for _, b in warm_batches]
+    with FlopCounterMode(display=False) as fc:
+        for batch in trainer.read_batches(got["train_data"], counted, got["collate_fn"]):
+            got["loss_fn"](m, trainer.move_to_device(batch, device))["loss"].backward()
+    flops_per_example = fc.get_total_flops() / sum(trainer._examples(b) for b in counted)
+    flops_per_step = fc.get_total_flops() / len(counted)
+    # the run's length from the arithmetic, not from a timing: the same steps in every run of the bench
     schedule = tcfg.max_steps or tcfg.epochs * per_epoch
-    steps = int(max(1, min(args.steps, schedule, round(args.seconds / max(step_s, 1e-6)))))
+    steps = int(max(1, min(args.steps, schedule, round(args.gflop * 1e9 / max(flops_per_step, 1.0)))))
     if schedule >= per_epoch:  # whole epochs: per-epoch costs (sampler, checkpoint) as in a run
         steps = min(schedule, per_epoch * max(1, round(steps / per_epoch)))
     batches, e = first_batches(steps)
@@ -322,14 +330,6 @@ def child(args) -> dict[str, Any]:
     t_wall, t_cpu = median([p["trainer_wall"] for p in runs]), median([p["trainer_cpu"] for p in runs])
     b_wall, b_cpu = median([p["bare_wall"] for p in runs]), median([p["bare_cpu"] for p in runs])
     user, system = sum(p["user"] for p in runs), sum(p["sys"] for p in runs)
-
-    m, _ = fresh()
-    m.train()
-    counted = [b for _, b in batches[:3]]
-    with FlopCounterMode(display=False) as fc:
-        for batch in trainer.read_batches(got["train_data"], counted, got["collate_fn"]):
-            got["loss_fn"](m, trainer.move_to_device(batch, device))["loss"].backward()
-    flops_per_example = fc.get_total_flops() / sum(trainer._examples(b) for b in counted)
 
     out = {"system": module.TITLE, "row": row, "steps": steps, "epochs": e, "examples": examples,
            "malloc_tuned": malloc, "threads": torch.get_num_threads(), "device": args.device,
@@ -460,8 +460,8 @@ def main() -> None:
     p.add_argument("--corpus", default="/work/data/synthetic")
     p.add_argument("--systems", nargs="*", default=None, help="default: every registered system")
     p.add_argument("--steps", type=int, default=400, help="at most this many steps per run")
-    p.add_argument("--seconds", type=float, default=4.0,
-                   help="aim at runs of about this many CPU seconds (whole epochs, at least one)")
+    p.add_argument("--gflop", type=float, default=200.0,
+                   help="runs of about this much arithmetic (whole epochs, at least one; FlopCounterMode's count)")
     p.add_argument("--runs", type=int, default=9, help="interleaved trainer/bare runs per system")
     p.add_argument("--reps", type=int, default=3, help="--cli: runs per arm")
     p.add_argument("--threads", type=int, default=1)
@@ -486,7 +486,7 @@ def main() -> None:
     results = []
     for name in args.systems or systems.names():
         cmd = [sys.executable, __file__, "--child", name, "--corpus", args.corpus, "--steps", str(args.steps),
-               "--seconds", str(args.seconds), "--runs", str(args.runs), "--threads", str(args.threads), "--device", args.device]
+               "--gflop", str(args.gflop), "--runs", str(args.runs), "--threads", str(args.threads), "--device", args.device]
         if args.workdir:
             cmd += ["--workdir", args.workdir]
         t = time.perf_counter()
