@@ -227,6 +227,61 @@ def test_feature_dataset_reads_memmap_rows(tmp_path):
         FeatureDataset({"y": np.arange(3.0)}, rows=np.array([3]))
 
 
+def test_meter_sums_match_float64_sums_by_name_when_the_entries_change():
+    from mmsocial.train.trainer import _Meter
+
+    g = torch.Generator().manual_seed(0)
+    meter, expected = _Meter({"loss": 1.25, "a": 3.0}, count=2), {"loss": 1.25, "a": 3.0}
+    for i in range(60):
+        names = ["loss", "a"] if i < 20 or i >= 40 else ["loss", "b", "a"]  # a new entry, then gone again
+        entries = {k: torch.rand((), generator=g) * 1e3 for k in names}
+        meter.add(entries)
+        for k, v in entries.items():
+            expected[k] = float(torch.tensor(expected[k], dtype=torch.float64) + v.double()) if k in expected \
+                else float(v.double())
+    assert meter.state() == {"sums": expected, "count": 62}
+    assert meter.means() == {k: v / 62 for k, v in expected.items()}
+
+
+def test_rng_state_round_trip_in_the_compact_and_the_older_list_form():
+    import random
+
+    from mmsocial.train.trainer import _rng_state, _set_rng_state
+
+    cpu = torch.device("cpu")
+    random.seed(5), np.random.seed(7), torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state
+    state = _rng_state(cpu)
+    draws = (random.random(), np.random.normal(), torch.rand(3))
+    older = {**state, "numpy": [state["numpy"][0], state["numpy"][1].tolist(), *state["numpy"][2:]],
+             "python": (state["python"][0], tuple(state["python"][1].tolist()), state["python"][2])}
+    for form in (state, older):
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        _set_rng_state(form, cpu)
+        again = (random.random(), np.random.normal(), torch.rand(3))
+        assert again[:2] == draws[:2] and torch.equal(again[2], draws[2])
+
+
+def test_feature_rows_read_into_place_with_repeats_and_short_reads(tmp_path, monkeypatch):
+    from mmsocial.train import data as train_data
+
+    arr = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(50, 3, 2))
+    arr[:] = np.random.default_rng(0).normal(size=arr.shape).astype(np.float16)
+    arr.flush()
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    rows = np.array([7, 8, 9, 3, 3, 49, 0, 1, 10, 8])  # runs, a repeat, both ends of the file
+    real = os.preadv
+
+    def short(fd, buffers, offset):  # at most 5 bytes per call: a row is split across calls
+        first = memoryview(buffers[0])[:5]
+        return real(fd, [first], offset)
+    monkeypatch.setattr(train_data.os, "preadv", short)
+    got = FeatureDataset({"r": mm}).read(rows)["r"]
+    monkeypatch.setattr(train_data.os, "preadv", real)
+    assert torch.equal(got, torch.from_numpy(np.asarray(mm)[rows].astype(np.float32)))
+    assert torch.equal(FeatureDataset({"r": mm}).read(rows)["r"], got)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

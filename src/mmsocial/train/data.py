@@ -31,6 +31,9 @@ def _array(a: Any) -> np.ndarray:
     return a.data if hasattr(a, "data") and hasattr(a, "post_ids") else a  # a FeatureSet
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
 class _NpyRows:
     """Reads rows of a C-ordered array file with pread; the descriptor is opened per process."""
 
@@ -56,6 +59,37 @@ class _NpyRows:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
         return self._fd
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as one array in that order. The file is read in
+        ascending row order, each run of consecutive rows with one ``preadv`` straight into the
+        rows' places in the output, so no second copy puts them back in the order asked for."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        fd = self._descriptor()
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        if not len(rows) or not self.row_bytes:
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            for a in range(start, stop, _IOV_MAX):
+                views = [memoryview(flat[j]) for j in order[a:min(a + _IOV_MAX, stop)]]
+                self._preadv_all(fd, views, self.offset + int(ordered[a]) * self.row_bytes, int(ordered[a]))
+        return out
+
+    def _preadv_all(self, fd: int, views: list, pos: int, first_row: int) -> None:
+        while views:
+            n = os.preadv(fd, views, pos)
+            if n == 0:
+                raise EOFError(f"{self.path}: file ends before row {first_row}")
+            pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views = views[1:]
+            if views and n:
+                views[0] = views[0][n:]
 
     def read_sorted(self, rows: np.ndarray) -> np.ndarray:
         fd = self._descriptor()
@@ -112,9 +146,13 @@ class FeatureDataset(Dataset):
         return self._len
 
     def _read(self, name: str, indices: np.ndarray) -> torch.Tensor:
-        file = self._files[name]
-        out = read_rows(self.arrays[name], self.rows[name][indices],
-                        read_sorted=file.read_sorted if file is not None else None)
+        file, array, rows = self._files[name], self.arrays[name], self.rows[name][indices]
+        if file is not None:
+            out = file.read(rows)
+        elif type(array) is np.ndarray:  # in memory: one gather in the order asked for
+            out = array[rows]
+        else:  # a view of a memmap, or another array-like: read forward through it
+            out = read_rows(array, rows)
         t = torch.from_numpy(out)
         return t.to(self.float_dtype) if t.is_floating_point() else t
 

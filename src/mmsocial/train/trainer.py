@@ -134,11 +134,16 @@ def _build_optimizer(cfg: TrainConfig, params: Iterable) -> torch.optim.Optimize
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The torch, CUDA, numpy and Python RNG states; the numpy keys and the Python state's 625 words
+    as int64 tensors: pickled as a list of ints they cost torch.save a Python call per int, a
+    measurable share of every checkpoint (older checkpoints with lists still load)."""
     np_state = np.random.get_state()
+    version, words, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": random.getstate()}
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": (version, torch.tensor(words, dtype=torch.int64), gauss)}
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
@@ -146,8 +151,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
     name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words.tolist()) if isinstance(words, torch.Tensor) else tuple(words), gauss))
 
 
 @contextlib.contextmanager
@@ -192,23 +199,46 @@ class _CsvLog:
 
 
 class _Meter:
-    """Running sums of the loss dict, kept as float64 tensors to avoid a device sync per step."""
+    """Running sums of the loss dict in float64, kept on the loss's device to avoid a sync per step.
+    While the keys stay the same the sums are one vector, updated in place once per step
+    (``add_stacked``); the same float64 additions in the same order as one tensor per key."""
 
     def __init__(self, sums: Optional[dict[str, float]] = None, count: int = 0):
-        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in (sums or {}).items()}
+        self.keys: Optional[tuple[str, ...]] = tuple(sums) if sums else None
+        self.vec = torch.tensor(list(sums.values()), dtype=torch.float64) if sums else None
         self.count = count
 
     def add(self, values: Mapping[str, torch.Tensor]) -> None:
-        for k, v in values.items():
-            v = v.detach().to("cpu" if v.device.type == "mps" else v.device, torch.float64)
-            self.sums[k] = self.sums[k].to(v.device) + v if k in self.sums else v.clone()
+        self.add_stacked(*_stacked(values))
+
+    def add_stacked(self, keys: tuple[str, ...], vec: torch.Tensor) -> None:
+        if self.keys is None:
+            self.keys, self.vec = keys, vec.clone()
+        elif keys == self.keys:
+            self.vec = self.vec.to(vec.device)
+            self.vec += vec
+        else:  # the loss dict changed its entries: add by name, new names start at this value
+            sums = dict(zip(self.keys, self.vec.to(vec.device).unbind()))
+            for k, v in zip(keys, vec.unbind()):
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            self.keys, self.vec = tuple(sums), torch.stack(list(sums.values()))
         self.count += 1
 
+    def _sums(self) -> dict[str, float]:
+        return dict(zip(self.keys, self.vec.tolist())) if self.keys else {}
+
     def means(self) -> dict[str, float]:
-        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        return {k: v / max(self.count, 1) for k, v in self._sums().items()}
 
     def state(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+        return {"sums": self._sums(), "count": self.count}
+
+
+def _stacked(values: Mapping[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The loss entries as (names, one float64 vector) on the device of the first (MPS: the CPU)."""
+    first = next(iter(values.values()))
+    device = "cpu" if first.device.type == "mps" else first.device
+    return tuple(values), torch.stack([v.detach().to(device) for v in values.values()]).to(torch.float64)
 
 
 def _loss_entries(out: Any, step: int) -> dict[str, torch.Tensor]:
@@ -253,7 +283,7 @@ def read_batches(dataset: Dataset, batches: Sequence[Any], collate_fn: Optional[
     if collate_fn is None and isinstance(dataset, FeatureDataset):
         return (dataset.read(b) for b in batches)
     if collate_fn is None and isinstance(dataset, TensorDataset):
-        return ([t[torch.as_tensor(b, dtype=torch.long)] for t in dataset.tensors] for b in batches)
+        return ([t[i] for t in dataset.tensors] for i in (torch.as_tensor(b, dtype=torch.long) for b in batches))
     collate = collate_fn or default_collate
     if getattr(dataset, "__getitems__", None):
         return (collate(dataset.__getitems__(b)) for b in batches)
@@ -420,7 +450,8 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
                              "every rank needs the same, non-zero number")
         return batches
 
-    steps_per_epoch = len(batches_for(0))
+    first_epoch = batches_for(0)  # kept for epoch 0: a triplet sampler's epoch costs a measurable share
+    steps_per_epoch = len(first_epoch)
     # the schedule's length; a triplet sampler may give an epoch a batch more or less than epoch 0
     # (it skips batches without any triplet), so the loop itself stops on epochs or max_steps
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
@@ -434,6 +465,9 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     optimizer = _build_optimizer(cfg, param_groups if param_groups is not None
                                  else [p for p in model.parameters() if p.requires_grad])
     use_amp = cfg.amp and device.type == "cuda"
+    # autocast(enabled=False) only matters inside a caller's own autocast; building it costs every step
+    amp_context = (lambda: torch.autocast(device.type, dtype=torch.float16, enabled=use_amp)) \
+        if use_amp or torch.is_autocast_enabled(device.type) else contextlib.nullcontext
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
     step, epoch, pos, examples = 0, 0, 0, 0
@@ -566,7 +600,8 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
     model.train()
     try:
         while not stopped and step < max_steps and epoch < cfg.epochs:
-            batches = batches_for(epoch)
+            batches, first_epoch = (first_epoch if epoch == 0 and first_epoch is not None
+                                    else batches_for(epoch)), None
             if workers == 0:
                 loader = read_batches(train_data, batches[pos:], collate_fn)
             else:
@@ -579,7 +614,7 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
                 factor = lr_factor(cfg, step, epoch, int(total_steps))
                 for g in optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                with amp_context():
                     entries = _loss_entries(loss_fn(train_model, batch), step)
                 loss = entries["loss"]
                 optimizer.zero_grad(set_to_none=True)
@@ -596,8 +631,9 @@ def _train(model, train_data, loss_fn, cfg: TrainConfig, out_dir: Path, evaluate
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
                 step, pos, examples = step + 1, pos + 1, examples + batch_indices_len * info.world_size
-                log_meter.add(entries)
-                eval_meter.add(entries)
+                stacked = _stacked(entries)
+                log_meter.add_stacked(*stacked)
+                eval_meter.add_stacked(*stacked)
                 pbar.update(1)
 
                 if step % cfg.log_every == 0:
