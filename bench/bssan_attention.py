@@ -29,8 +29,9 @@ from mmsocial.systems import bssan as S
 def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> dict[str, float]:
     """Over every (test image, caption word naming one of its objects): how often the argmax (and the
     argmin) region lies inside the named object's box, the attention mass inside it, what uniform attention
-    gives for both (the share of region centres inside), and how peaked the attention is (the largest
-    weight and the entropy, averaged over every word of the captions)."""
+    gives for both (the share of region centres inside), the mass on the image's other objects (and their
+    share), how peaked the attention is (the largest weight and the entropy, averaged over every word of the
+    captions) and how many of Eq. 2's logits lie where tanh is flat (|z| > 2, tanh' < 0.07)."""
     d = data.regions.shape[1]
     g = int(round(np.sqrt(d)))
     j = np.arange(d)
@@ -38,6 +39,7 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
     objects = corpus.posts.set_index("post_id").loc[[data.post_ids[i] for i in imgs], "objects"].tolist()
     words = data.vocabulary.words
     argmax_in, argmin_in, mass, share, peak, entropy = [], [], [], [], [], []
+    other_mass, other_share, saturated = [], [], []
     model.eval()
     for i, objs in zip(imgs, objects):
         cap = data.captions(np.array([i]))[:1]
@@ -45,26 +47,37 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
         T, lengths = data.words(cap)
         with torch.no_grad():
             alpha = model(R, O, T, lengths)["alpha"][0].double().numpy()  # (L, D)
+            att = model.w2r.attention
+            z = T[0, : int(lengths[0])] @ att.project_regions(model.standardize(R, O)[0])[0].T + att.b  # Eq. 2
+        saturated.append((z.abs() > 2).double().mean().item())
         tokens = [words[t] for t in data.caption_ids[cap[0], : int(lengths[0])]]
         boxes: dict[str, list] = {}
         for obj in json.loads(objs):
             boxes.setdefault(obj["label"], []).append([v / image_size for v in obj["box"]])
+
+        def inside_of(bs):
+            inside = np.zeros(d, dtype=bool)
+            for x0, y0, x1, y1 in bs:
+                inside |= (centres[:, 0] >= x0) & (centres[:, 0] < x1) & (centres[:, 1] >= y0) & (centres[:, 1] < y1)
+            return inside
         for k, w in enumerate(tokens):
             a = alpha[k]
             peak.append(a.max())
             entropy.append(-(a * np.log(np.clip(a, 1e-300, None))).sum())
             if w not in boxes:
                 continue
-            inside = np.zeros(d, dtype=bool)
-            for x0, y0, x1, y1 in boxes[w]:
-                inside |= (centres[:, 0] >= x0) & (centres[:, 0] < x1) & (centres[:, 1] >= y0) & (centres[:, 1] < y1)
+            inside = inside_of(boxes[w])
+            others = inside_of([b for label, bs in boxes.items() if label != w for b in bs]) & ~inside
+            other_mass.append(a[others].sum())
+            other_share.append(others.mean())
             argmax_in.append(inside[a.argmax()])
             argmin_in.append(inside[a.argmin()])
             mass.append(a[inside].sum())
             share.append(inside.mean())
     mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
     return {"argmax": mean(argmax_in), "argmin": mean(argmin_in), "mass": mean(mass), "uniform": mean(share),
-            "pairs": len(share), "peak": mean(peak), "entropy": mean(entropy), "max_entropy": float(np.log(d))}
+            "pairs": len(share), "peak": mean(peak), "entropy": mean(entropy), "max_entropy": float(np.log(d)),
+            "other_mass": mean(other_mass), "other_share": mean(other_share), "saturated": mean(saturated)}
 
 
 def main():
@@ -104,12 +117,14 @@ def main():
     before, after = pointing(untrained, data, corpus, test, size), pointing(model, data, corpus, test, size)
     g = int(np.sqrt(data.regions.shape[1]))
     print(f"{after['pairs']} (test image, object word) pairs on a {g}x{g} grid; {what}")
-    print("| attention | argmax inside the named object's box | argmin inside | mass inside | largest weight "
-          "| entropy |\n|---|---|---|---|---|---|")
-    u = after["uniform"]
-    print(f"| uniform (expected) | {u:.1%} | {u:.1%} | {u:.1%} | {1 / g ** 2:.3f} | {after['max_entropy']:.2f} |")
+    print("| attention | argmax inside the named object's box | argmin inside | mass inside | mass on the other "
+          "objects | largest weight | entropy | logits with |z| > 2 |\n|---|---|---|---|---|---|---|---|")
+    u, o = after["uniform"], after["other_share"]
+    print(f"| uniform (expected) | {u:.1%} | {u:.1%} | {u:.1%} | {o:.1%} | {1 / g ** 2:.3f} | "
+          f"{after['max_entropy']:.2f} | |")
     for name, r in (("untrained BSSAN", before), ("trained BSSAN", after)):
-        print(f"| {name} | {r['argmax']:.1%} | {r['argmin']:.1%} | {r['mass']:.1%} | {r['peak']:.3f} | {r['entropy']:.2f} |")
+        print(f"| {name} | {r['argmax']:.1%} | {r['argmin']:.1%} | {r['mass']:.1%} | {r['other_mass']:.1%} | "
+              f"{r['peak']:.3f} | {r['entropy']:.2f} | {r['saturated']:.1%} |")
     print(f"trained argmax inside / uniform = {after['argmax'] / max(u, 1e-9):.2f}x")
 
 

@@ -296,6 +296,12 @@ def test_in_batch_loss_by_hand_averages_the_hinge_over_the_batch_negatives():
     torch.testing.assert_close(BSSANLoss(cfg).in_batch(m, two, images[:2])["loss"], BSSANLoss(cfg)(m, pos, neg)["loss"])
     with pytest.raises(ValueError, match="one caption per image"):
         BSSANLoss(cfg).in_batch(m, grid, images[:2])
+    # negative_attention: both: each positive's hinge averaged over the negatives of both grids
+    other = {k: v.flip(1) * 0.7 for k, v in grid.items()}
+    for both in (False, True):
+        out = BSSANLoss(cfg).in_batch(m, [grid, other], images, both=both)
+        l1 = (by_hand(f_w2r.numpy(), both) + by_hand(other["f_w2r"].numpy(), both)) / 2
+        assert out["l1"].item() == pytest.approx(l1, abs=1e-6)
 
 
 def test_attention_without_tanh_is_the_softmax_of_the_bilinear_form():
@@ -306,3 +312,19 @@ def test_attention_without_tanh_is_the_softmax_of_the_bilinear_form():
     z = T @ (R @ m.w2r.attention.W.T).transpose(1, 2) + m.w2r.attention.b
     torch.testing.assert_close(out["alpha"], torch.softmax(z, dim=-1))
     assert out["alpha"].max() > torch.softmax(torch.tanh(z), dim=-1).max()
+
+
+@pytest.mark.parametrize("rows, cols", [(50, 1280), (300, 512), (1280, 128)])
+def test_bilinear_init_gives_unit_variance_logits_and_xavier_saturates_the_tanh(rows, cols):
+    from mmsocial.models.bssan import W2RAttention
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, rows), torch.randn(64, cols)  # unit-variance inputs (standardised regions)
+    stds = {}
+    for init in ("bilinear", "xavier"):
+        W = W2RAttention(rows, cols, init=init).W.detach()
+        stds[init] = float((x @ W @ y.T).std())
+    assert 0.85 < stds["bilinear"] < 1.15
+    assert stds["xavier"] > 4  # most logits where tanh' < 0.07 (docs/bssan.md)
+    with pytest.raises(ValueError, match="attention_init"):
+        bssan_config("tiny", attention_init="glorot")

@@ -35,7 +35,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
 def test_registered_and_configs_validate():
     assert "bssan" in systems.names()
     module = systems.get("bssan")
-    for name in ("tiny", "small", "table2", "table3", "paper"):
+    for name in ("tiny", "small", "table2", "table3", "paper", "pointing"):
         m, cfg = load_experiment_config(CONFIGS / f"{name}.yaml")
         assert m is module and set(cfg.rows) <= set(module.ROWS) and set(cfg.tables) <= set(module.TABLES)
     with pytest.raises(ConfigError, match="unknown row"):
@@ -93,12 +93,17 @@ def test_negatives_both_trains_and_bad_value_is_an_error(tmp_path):
         load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives": "images"})
 
 
-def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path):
+@pytest.mark.parametrize("negative_attention", ["softmax", "both"])
+def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path, negative_attention):
     over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN"],
-            "train.negatives_from": "batch", "train.negatives": "both"}
+            "train.negatives_from": "batch", "train.negatives": "both",
+            "model.negative_attention": negative_attention}
     result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
     cell = result.cells[("BSSAN", 0)]
     assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
     assert 0 <= result.tables["table2"].mean("BSSAN", "rsum") <= 600
     with pytest.raises(ConfigError, match="negatives_from"):
         load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives_from": "everything"})
+    with pytest.raises(ConfigError, match="negatives_from: batch"):
+        load_experiment_config(CONFIGS / "tiny.yaml", {"model.negative_attention": "both",
+                                                       "train.negatives_from": "draw"})

@@ -45,7 +45,13 @@ class BSSANConfig:
     lam: float = 0.6  # λ, Eq. 18 and 19
     delta: float = 0.01  # δ, Eq. 18
     attention_tanh: bool = True  # Eq. 2 and 10: tanh on the bilinear logits; False feeds them to softmax unbounded (not in the paper)
-    negative_attention: str = "uniform"  # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; or "softmax"
+    # W of Eq. 2 / 10 (the paper gives no init): "xavier" (Glorot uniform, Keras's default; the tables' runs) gives
+    # logits of std 7 on the standardised 7x7x1280 grid and GloVe 50d, 68% of them where tanh' < 0.07;
+    # "bilinear" draws N(0, 1/(rows * cols)): unit-variance logits for unit-variance inputs (configs/bssan/pointing.yaml)
+    attention_init: str = "xavier"
+    # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; "softmax": their learned attention; "both": every
+    # negative twice, once each way (not in the paper; train.negatives_from: batch only)
+    negative_attention: str = "uniform"
     hinge_reduction: str = "sum"  # Eq. 7 and 17 sum the hinges over the pairs; "mean" averages them
     standardize: bool = True  # regions and objects standardised per channel (training statistics; not in the paper)
     lr: float = 0.01  # SGD, §V-B
@@ -58,8 +64,10 @@ class BSSANConfig:
             raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
         if self.hinge_reduction not in ("sum", "mean"):
             raise ValueError(f"hinge_reduction must be 'sum' (Eq. 7, 17) or 'mean', got {self.hinge_reduction!r}")
-        if self.negative_attention not in ("uniform", "softmax"):
-            raise ValueError(f"negative_attention must be 'uniform' (Eq. 8) or 'softmax', "
+        if self.attention_init not in ("bilinear", "xavier"):
+            raise ValueError(f"attention_init must be 'bilinear' or 'xavier', got {self.attention_init!r}")
+        if self.negative_attention not in ("uniform", "softmax", "both"):
+            raise ValueError(f"negative_attention must be 'uniform' (Eq. 8), 'softmax' or 'both', "
                              f"got {self.negative_attention!r}")
         for name in ("word_dim", "max_length", "num_regions", "region_dim", "num_objects", "object_dim",
                      "w2r_lstm", "o2w_lstm", "batch_size", "epochs"):
@@ -118,6 +126,15 @@ def _check_lengths(lengths: Tensor, max_length: int) -> None:
                          f"got min {int(lengths.min())}, max {int(lengths.max())}")
 
 
+def _init_attention(W: nn.Parameter, init: str) -> None:
+    """W of the bilinear form xᵀ W y: "bilinear" = N(0, 1/(rows·cols)), so that xᵀ W y has variance 1 when x
+    and y have unit-variance entries (tanh starts in its linear range); "xavier" = Glorot uniform."""
+    if init == "bilinear":
+        nn.init.normal_(W, std=(W.shape[0] * W.shape[1]) ** -0.5)
+    else:
+        nn.init.xavier_uniform_(W)
+
+
 def _logits(z: Tensor, tanh: bool) -> Tensor:
     """Eq. 2 / 10: tanh of the bilinear form (``attention_tanh: false``: the form itself)."""
     return torch.tanh(z) if tanh else z
@@ -126,12 +143,12 @@ def _logits(z: Tensor, tanh: bool) -> Tensor:
 class W2RAttention(nn.Module):
     """Eq. 1-3: e_j^k = tanh(t_kᵀ W r_j + b), α^k = softmax_j(e^k), u_k = Σ_j α_j^k r_j."""
 
-    def __init__(self, word_dim: int, region_dim: int, tanh: bool = True):
+    def __init__(self, word_dim: int, region_dim: int, tanh: bool = True, init: str = "xavier"):
         super().__init__()
         self.W = nn.Parameter(torch.empty(word_dim, region_dim))
         self.b = nn.Parameter(torch.zeros(()))
         self.tanh = tanh
-        nn.init.xavier_uniform_(self.W)
+        _init_attention(self.W, init)
 
     def project_regions(self, R: Tensor) -> Tensor:
         """W r_j for every region: (B, D, M) -> (B, D, E); depends on the image only."""
@@ -149,12 +166,12 @@ class W2RAttention(nn.Module):
 class O2WAttention(nn.Module):
     """Eq. 9-11: e_j^k = tanh(o_jᵀ W s_k + b), β_j = softmax_k(e_j) over the real words, u_j = Σ_k β_j^k s_k."""
 
-    def __init__(self, object_dim: int, state_dim: int, tanh: bool = True):
+    def __init__(self, object_dim: int, state_dim: int, tanh: bool = True, init: str = "xavier"):
         super().__init__()
         self.W = nn.Parameter(torch.empty(object_dim, state_dim))
         self.b = nn.Parameter(torch.zeros(()))
         self.tanh = tanh
-        nn.init.xavier_uniform_(self.W)
+        _init_attention(self.W, init)
 
     def project_objects(self, O: Tensor) -> Tensor:
         """o_jᵀ W for every object: (B, P, Q) -> (B, P, B_s); depends on the image only."""
@@ -264,7 +281,7 @@ class W2R(nn.Module):
 
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
-        self.attention = W2RAttention(cfg.word_dim, cfg.region_dim, cfg.attention_tanh)
+        self.attention = W2RAttention(cfg.word_dim, cfg.region_dim, cfg.attention_tanh, cfg.attention_init)
         self.lstm = nn.LSTM(cfg.region_dim + cfg.word_dim, cfg.w2r_lstm, batch_first=True)
         self.mlp = tanh_mlp(cfg.w2r_lstm, cfg.w2r_mlp, cfg.batch_norm)
         self.region_dim = cfg.region_dim
@@ -290,7 +307,7 @@ class O2W(nn.Module):
     def __init__(self, cfg: BSSANConfig):
         super().__init__()
         self.bilstm = nn.LSTM(cfg.word_dim, cfg.o2w_lstm, batch_first=True, bidirectional=True)
-        self.attention = O2WAttention(cfg.object_dim, cfg.o2w_lstm, cfg.attention_tanh)
+        self.attention = O2WAttention(cfg.object_dim, cfg.o2w_lstm, cfg.attention_tanh, cfg.attention_init)
         self.mlp = tanh_mlp(cfg.object_dim + cfg.o2w_lstm, cfg.o2w_mlp, cfg.batch_norm)
         self.object_dim, self.max_length = cfg.object_dim, cfg.max_length
 
@@ -715,30 +732,40 @@ class BSSANLoss(nn.Module):
         loss = l1 + cfg.lam * l2 + cfg.delta * reg
         return {"loss": loss, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}
 
-    def in_batch(self, model: BSSAN, grid: dict[str, Tensor], images: Tensor, both: bool = False) -> dict[str, Tensor]:
+    def in_batch(self, model: BSSAN, grid: dict[str, Tensor] | list[dict[str, Tensor]], images: Tensor,
+                 both: bool = False) -> dict[str, Tensor]:
         """Eq. 18 with the negatives of Eq. 7/17 taken from the batch (not in the paper): ``grid`` scores B
         captions (columns) against their B images (rows, ``images`` the image id of each; pair (i, i) is
         positive). For image i every caption of another image in the batch is a T_i^-, and its hinge
         max(0, M - Y_i + Y_i^-) is averaged over them: the expectation of Eq. 7's hinge over a uniformly drawn
         T_i^-, estimated with all B - 1 negatives instead of one draw. ``both``: also every other image for
         each caption (the text->image direction Eq. 7 lacks). The terms are then reduced over the positives
-        as ``hinge_reduction`` says."""
+        as ``hinge_reduction`` says. A list of grids (``negative_attention: both``: the batch scored with
+        Eq. 8's uniform attention on the negatives and with their learned attention) averages each
+        positive's hinge over the negatives of every grid, each grid against its own diagonal."""
         cfg = self.cfg
         B = len(images)
-        if any(v.shape != (B, B) for k, v in grid.items() if k in ("f_w2r", "f_o2w")):
+        grids = grid if isinstance(grid, list) else [grid]
+        if any(v.shape != (B, B) for g in grids for k, v in g.items() if k in ("f_w2r", "f_o2w")):
             raise ValueError(f"in_batch: the grid must be ({B}, {B}), one caption per image row")
+        grid = grids[0]
         negative = (images[:, None] != images[None, :]).to(grid["score"].dtype)
         zero = grid["score"].new_zeros(())
         reduce = torch.sum if cfg.hinge_reduction == "sum" else torch.mean
 
-        def ranking(f: Tensor) -> Tensor:
-            pos = f.diagonal()
-            terms = [((cfg.margin - pos[:, None] + f).clamp_min(0) * negative).sum(1) / negative.sum(1).clamp_min(1)]
+        def ranking(key: str) -> Tensor:
+            rows, cols = 0, 0
+            for g in grids:
+                f = g[key]
+                pos = f.diagonal()
+                rows = rows + ((cfg.margin - pos[:, None] + f).clamp_min(0) * negative).sum(1)
+                cols = cols + ((cfg.margin - pos[None, :] + f).clamp_min(0) * negative).sum(0)
+            terms = [rows / (len(grids) * negative.sum(1).clamp_min(1))]
             if both:
-                terms.append(((cfg.margin - pos[None, :] + f).clamp_min(0) * negative).sum(0) / negative.sum(0).clamp_min(1))
+                terms.append(cols / (len(grids) * negative.sum(0).clamp_min(1)))
             return reduce(torch.cat(terms))
 
-        l1 = ranking(grid["f_w2r"]) if cfg.w2r else zero  # Eq. 7
-        l2 = ranking(grid["f_o2w"]) if cfg.o2w else zero  # Eq. 17
+        l1 = ranking("f_w2r") if cfg.w2r else zero  # Eq. 7
+        l2 = ranking("f_o2w") if cfg.o2w else zero  # Eq. 17
         reg = l2_penalty(model) if cfg.delta > 0 else zero
         return {"loss": l1 + cfg.lam * l2 + cfg.delta * reg, "l1": l1.detach(), "l2": l2.detach(), "reg": reg.detach()}

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmsocial.config import ExperimentConfig, StrictModel, TrainConfig, load_config
 from mmsocial.data.corpus import Corpus, CorpusError
@@ -54,7 +54,11 @@ class ModelSettings(StrictModel):
     delta: Optional[float] = Field(None, ge=0)
     attention_tanh: Optional[bool] = Field(None, description="Eq. 2/10's tanh on the attention logits (false: "
                                            "unbounded logits, not in the paper)")
-    negative_attention: Optional[Literal["uniform", "softmax"]] = None
+    attention_init: Optional[Literal["bilinear", "xavier"]] = Field(
+        None, description="init of W in Eq. 2/10: bilinear (unit-variance logits) or xavier (saturates the tanh)")
+    negative_attention: Optional[Literal["uniform", "softmax", "both"]] = Field(
+        None, description="the negatives' attention in training: uniform (Eq. 8), softmax (learned), or both "
+        "(every negative scored each way; needs train.negatives_from: batch)")
     hinge_reduction: Optional[Literal["sum", "mean"]] = Field(None, description="Eq. 7/17: sum (paper) or mean")
     standardize: Optional[bool] = Field(None, description="regions/objects standardised with training statistics")
     lr: Optional[float] = Field(None, gt=0)
@@ -147,6 +151,13 @@ class Config(ExperimentConfig):
                                  "its speed-up and the recall it keeps (diagnostics)")
     chunk_pairs: int = Field(8192, ge=1, description="pairs scored per batched call")
     selection: Literal["val_rsum"] = "val_rsum"
+
+    @model_validator(mode="after")
+    def _check_negatives(self) -> "Config":
+        if self.model.negative_attention == "both" and self.train.negatives_from != "batch":
+            raise ValueError("model.negative_attention: both scores every negative of a batch twice; it needs "
+                             "train.negatives_from: batch")
+        return self
 
 
 # ---------------------------------------------------------------------------- data
@@ -494,7 +505,10 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
             R, O = data.image_features(imgs.numpy())
             T, lengths = data.words(caps)
             negative = imgs[:, None] != imgs[None, :]
-            grid = m(R.to(device), O.to(device), T.to(device), lengths, uniform=negative.to(device), all_pairs=True)
+            R, O, T = R.to(device), O.to(device), T.to(device)
+            grid = m(R, O, T, lengths, uniform=negative.to(device), all_pairs=True)
+            if mcfg.negative_attention == "both":  # the same negatives with their learned attention too
+                grid = [grid, m(R, O, T, lengths, all_pairs=True)]
             return loss_fn.in_batch(unwrap_model(m), grid, imgs.to(device), both=both)
         neg = tr_caps[_negatives(imgs, pool_images).numpy()]
         neg_imgs = data.caption_image[tr_caps[_negatives(imgs, pool_images).numpy()]] if both else None
