@@ -31,7 +31,10 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
     argmin) region lies inside the named object's box, the attention mass inside it, what uniform attention
     gives for both (the share of region centres inside), the mass on the image's other objects (and their
     share), how peaked the attention is (the largest weight and the entropy, averaged over every word of the
-    captions) and how many of Eq. 2's logits lie where tanh is flat (|z| > 2, tanh' < 0.07)."""
+    captions) and how many of Eq. 2's logits lie where tanh is flat (|z| > 2, tanh' < 0.07). Two controls
+    tell pointing at the named object from attention that goes to objects whatever the word: how often the
+    argmax lies on another object of the image instead (images with several objects), and how often the
+    argmax of a word that names no object lies on some object."""
     d = data.regions.shape[1]
     g = int(round(np.sqrt(d)))
     j = np.arange(d)
@@ -40,6 +43,7 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
     words = data.vocabulary.words
     argmax_in, argmin_in, mass, share, peak, entropy = [], [], [], [], [], []
     other_mass, other_share, saturated = [], [], []
+    other_argmax, other_argmax_share, any_argmax, any_share, multi_argmax, multi_share = [], [], [], [], [], []
     model.eval()
     for i, objs in zip(imgs, objects):
         cap = data.captions(np.array([i]))[:1]
@@ -64,12 +68,20 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
             a = alpha[k]
             peak.append(a.max())
             entropy.append(-(a * np.log(np.clip(a, 1e-300, None))).sum())
-            if w not in boxes:
+            if w not in boxes:  # a word naming none of the objects: does its attention go to objects anyway?
+                anywhere = inside_of([b for bs in boxes.values() for b in bs])
+                any_argmax.append(anywhere[a.argmax()])
+                any_share.append(anywhere.mean())
                 continue
             inside = inside_of(boxes[w])
             others = inside_of([b for label, bs in boxes.items() if label != w for b in bs]) & ~inside
             other_mass.append(a[others].sum())
             other_share.append(others.mean())
+            if others.any():  # the image has other objects: is the argmax on one of them instead?
+                other_argmax.append(others[a.argmax()])
+                other_argmax_share.append(others.mean())
+                multi_argmax.append(inside[a.argmax()])
+                multi_share.append(inside.mean())
             argmax_in.append(inside[a.argmax()])
             argmin_in.append(inside[a.argmin()])
             mass.append(a[inside].sum())
@@ -77,7 +89,10 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
     mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
     return {"argmax": mean(argmax_in), "argmin": mean(argmin_in), "mass": mean(mass), "uniform": mean(share),
             "pairs": len(share), "peak": mean(peak), "entropy": mean(entropy), "max_entropy": float(np.log(d)),
-            "other_mass": mean(other_mass), "other_share": mean(other_share), "saturated": mean(saturated)}
+            "other_mass": mean(other_mass), "other_share": mean(other_share), "saturated": mean(saturated),
+            "other_argmax": mean(other_argmax), "other_argmax_uniform": mean(other_argmax_share),
+            "other_pairs": len(other_argmax), "multi_argmax": mean(multi_argmax), "multi_uniform": mean(multi_share), "any_argmax": mean(any_argmax), "any_uniform": mean(any_share),
+            "any_words": len(any_argmax)}
 
 
 def main():
@@ -126,6 +141,12 @@ def main():
         print(f"| {name} | {r['argmax']:.1%} | {r['argmin']:.1%} | {r['mass']:.1%} | {r['other_mass']:.1%} | "
               f"{r['peak']:.3f} | {r['entropy']:.2f} | {r['saturated']:.1%} |")
     print(f"trained argmax inside / uniform = {after['argmax'] / max(u, 1e-9):.2f}x")
+    print(f"controls (trained; untrained; uniform): argmax on another object of the image, over the "
+          f"{after['other_pairs']} pairs of images with several objects: {after['other_argmax']:.1%}; "
+          f"{before['other_argmax']:.1%}; {after['other_argmax_uniform']:.1%} (on the named object for the same "
+          f"pairs: {after['multi_argmax']:.1%}; {before['multi_argmax']:.1%}; {after['multi_uniform']:.1%}). Argmax on any object for the "
+          f"{after['any_words']} words that name none: {after['any_argmax']:.1%}; {before['any_argmax']:.1%}; "
+          f"{after['any_uniform']:.1%}")
 
 
 if __name__ == "__main__":

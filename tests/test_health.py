@@ -36,6 +36,8 @@ def test_overfitting_history_is_flagged_overfit_only():
     assert flag_reasons(cell, HealthSettings(overfit_margin=1.0)) == {}
     health = check_health("DMAN", 0, cell)
     assert (health.best_epoch, health.last_epoch, health.metric) == (2.0, 4.0, "val_loss")
+    zero = Cell({}, _history([80, 40, 20], [1, 0, 0.27]), selection=cell.selection)  # a hinge loss can reach 0
+    assert "0.27 is above its best of 0 (> 10%)" in flag_reasons(zero)["overfit"]
 
 
 def test_non_finite_and_constant_embeddings_are_flagged():

@@ -106,8 +106,9 @@ def flag_reasons(cell: Cell, settings: HealthSettings | None = None) -> dict[str
     if len(val) >= 2:
         best, last = min(val), val[-1]
         if last - best > s.overfit_margin * abs(best):
-            flags["overfit"] = (f"last validation loss {last:.4g} is {(last - best) / abs(best or 1):.0%} above its "
-                                f"best {best:.4g} (> {s.overfit_margin:.0%}); the best epoch is the one kept"
+            rise = f"{(last - best) / abs(best):.0%} above its best {best:.4g}" if best else "above its best of 0"
+            flags["overfit"] = (f"last validation loss {last:.4g} is {rise} (> {s.overfit_margin:.0%}); the best "
+                                f"epoch is the one kept"
                                 if cell.selection and cell.selection.get("metric") else
                                 f"last validation loss {last:.4g} is above its best {best:.4g} by more than "
                                 f"{s.overfit_margin:.0%}, and the last epoch is the one kept")
