@@ -91,8 +91,8 @@ def pointing(model, data, corpus: Corpus, imgs: np.ndarray, image_size: int) -> 
             "pairs": len(share), "peak": mean(peak), "entropy": mean(entropy), "max_entropy": float(np.log(d)),
             "other_mass": mean(other_mass), "other_share": mean(other_share), "saturated": mean(saturated),
             "other_argmax": mean(other_argmax), "other_argmax_uniform": mean(other_argmax_share),
-            "other_pairs": len(other_argmax), "multi_argmax": mean(multi_argmax), "multi_uniform": mean(multi_share), "any_argmax": mean(any_argmax), "any_uniform": mean(any_share),
-            "any_words": len(any_argmax)}
+            "other_pairs": len(other_argmax), "multi_argmax": mean(multi_argmax), "multi_uniform": mean(multi_share),
+            "any_argmax": mean(any_argmax), "any_uniform": mean(any_share), "any_words": len(any_argmax)}
 
 
 def main():
@@ -144,8 +144,8 @@ def main():
     print(f"controls (trained; untrained; uniform): argmax on another object of the image, over the "
           f"{after['other_pairs']} pairs of images with several objects: {after['other_argmax']:.1%}; "
           f"{before['other_argmax']:.1%}; {after['other_argmax_uniform']:.1%} (on the named object for the same "
-          f"pairs: {after['multi_argmax']:.1%}; {before['multi_argmax']:.1%}; {after['multi_uniform']:.1%}). Argmax on any object for the "
-          f"{after['any_words']} words that name none: {after['any_argmax']:.1%}; {before['any_argmax']:.1%}; "
+          f"pairs: {after['multi_argmax']:.1%}; {before['multi_argmax']:.1%}; {after['multi_uniform']:.1%}). "
+          f"Argmax on any object for the {after['any_words']} words that name none: {after['any_argmax']:.1%}; {before['any_argmax']:.1%}; "
           f"{after['any_uniform']:.1%}")
 
 
