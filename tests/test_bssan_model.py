@@ -326,5 +326,6 @@ def test_bilinear_init_gives_unit_variance_logits_and_xavier_saturates_the_tanh(
         stds[init] = float((x @ W @ y.T).std())
     assert 0.85 < stds["bilinear"] < 1.15
     assert stds["xavier"] > 4  # most logits where tanh' < 0.07 (docs/bssan.md)
+    assert (W2RAttention(rows, cols, init="zero").W == 0).all()  # uniform attention at the start
     with pytest.raises(ValueError, match="attention_init"):
         bssan_config("tiny", attention_init="glorot")

@@ -64,8 +64,8 @@ class BSSANConfig:
             raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
         if self.hinge_reduction not in ("sum", "mean"):
             raise ValueError(f"hinge_reduction must be 'sum' (Eq. 7, 17) or 'mean', got {self.hinge_reduction!r}")
-        if self.attention_init not in ("bilinear", "xavier"):
-            raise ValueError(f"attention_init must be 'bilinear' or 'xavier', got {self.attention_init!r}")
+        if self.attention_init not in ("bilinear", "xavier", "zero"):
+            raise ValueError(f"attention_init must be 'bilinear', 'xavier' or 'zero', got {self.attention_init!r}")
         if self.negative_attention not in ("uniform", "softmax", "both"):
             raise ValueError(f"negative_attention must be 'uniform' (Eq. 8), 'softmax' or 'both', "
                              f"got {self.negative_attention!r}")
@@ -128,9 +128,12 @@ def _check_lengths(lengths: Tensor, max_length: int) -> None:
 
 def _init_attention(W: nn.Parameter, init: str) -> None:
     """W of the bilinear form xᵀ W y: "bilinear" = N(0, 1/(rows·cols)), so that xᵀ W y has variance 1 when x
-    and y have unit-variance entries (tanh starts in its linear range); "xavier" = Glorot uniform."""
+    and y have unit-variance entries (tanh starts in its linear range); "xavier" = Glorot uniform; "zero":
+    uniform attention at the start."""
     if init == "bilinear":
         nn.init.normal_(W, std=(W.shape[0] * W.shape[1]) ** -0.5)
+    elif init == "zero":
+        nn.init.zeros_(W)
     else:
         nn.init.xavier_uniform_(W)
 

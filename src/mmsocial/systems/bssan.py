@@ -54,8 +54,9 @@ class ModelSettings(StrictModel):
     delta: Optional[float] = Field(None, ge=0)
     attention_tanh: Optional[bool] = Field(None, description="Eq. 2/10's tanh on the attention logits (false: "
                                            "unbounded logits, not in the paper)")
-    attention_init: Optional[Literal["bilinear", "xavier"]] = Field(
-        None, description="init of W in Eq. 2/10: bilinear (unit-variance logits) or xavier (saturates the tanh)")
+    attention_init: Optional[Literal["bilinear", "xavier", "zero"]] = Field(
+        None, description="init of W in Eq. 2/10: bilinear (unit-variance logits), xavier (saturates the tanh) or "
+        "zero (uniform attention at the start)")
     negative_attention: Optional[Literal["uniform", "softmax", "both"]] = Field(
         None, description="the negatives' attention in training: uniform (Eq. 8), softmax (learned), or both "
         "(every negative scored each way; needs train.negatives_from: batch)")
