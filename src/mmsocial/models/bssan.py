@@ -751,20 +751,18 @@ class BSSANLoss(nn.Module):
         grids = grid if isinstance(grid, list) else [grid]
         if any(v.shape != (B, B) for g in grids for k, v in g.items() if k in ("f_w2r", "f_o2w")):
             raise ValueError(f"in_batch: the grid must be ({B}, {B}), one caption per image row")
-        grid = grids[0]
-        negative = (images[:, None] != images[None, :]).to(grid["score"].dtype)
-        zero = grid["score"].new_zeros(())
+        negative = (images[:, None] != images[None, :]).to(grids[0]["score"].dtype)
+        zero = grids[0]["score"].new_zeros(())
         reduce = torch.sum if cfg.hinge_reduction == "sum" else torch.mean
 
         def ranking(key: str) -> Tensor:
-            rows, cols = 0, 0
-            for g in grids:
-                f = g[key]
-                pos = f.diagonal()
-                rows = rows + ((cfg.margin - pos[:, None] + f).clamp_min(0) * negative).sum(1)
-                cols = cols + ((cfg.margin - pos[None, :] + f).clamp_min(0) * negative).sum(0)
+            # per grid, the hinge of every (positive, negative) pair against the positive of its row / column
+            rows = sum(((cfg.margin - g[key].diagonal()[:, None] + g[key]).clamp_min(0) * negative).sum(1)
+                       for g in grids)
             terms = [rows / (len(grids) * negative.sum(1).clamp_min(1))]
             if both:
+                cols = sum(((cfg.margin - g[key].diagonal()[None, :] + g[key]).clamp_min(0) * negative).sum(0)
+                           for g in grids)
                 terms.append(cols / (len(grids) * negative.sum(0).clamp_min(1)))
             return reduce(torch.cat(terms))
 
