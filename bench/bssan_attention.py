@@ -107,13 +107,16 @@ def main():
     p.add_argument("--workdir", default="runs/bench/bssan_attention")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--negative-attention", default="softmax", help="softmax | uniform (Eq. 8; see docs/bssan.md)")
+    p.add_argument("--attention-init", default=None, help="xavier | bilinear | zero | cross_covariance (default: "
+                   "the preset's, xavier)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     corpus = Corpus.load(a.corpus)
     cfg = S.Config(corpus=a.corpus, regions=a.regions, objects=a.objects, objects_from="regions", preset=a.preset,
                    workdir=a.workdir,
-                   seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention),
+                   seeds=[0], threads=a.threads, val_images=100, model=S.ModelSettings(epochs=a.epochs, negative_attention=a.negative_attention,
+                                         attention_init=a.attention_init),
                    train=S.TrainSettings(progress=False))
     data = S.prepare(corpus, cfg)
     size = int(corpus.meta.get("synthetic", {}).get("image_size", 224))
@@ -129,6 +132,8 @@ def main():
     untrained.load_state_dict({k: v for k, v in model.state_dict().items()
                                if k in ("region_mean", "region_std", "object_mean", "object_std")},
                               strict=False)  # the same input standardisation, random weights
+    if model.cfg.attention_init == "cross_covariance":  # ... and the same init of the attention
+        untrained.init_attention_from_pairs(S.matched_pairs(data, data.captions(data.images("train"))))
     before, after = pointing(untrained, data, corpus, test, size), pointing(model, data, corpus, test, size)
     g = int(np.sqrt(data.regions.shape[1]))
     print(f"{after['pairs']} (test image, object word) pairs on a {g}x{g} grid; {what}")

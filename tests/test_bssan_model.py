@@ -329,3 +329,48 @@ def test_bilinear_init_gives_unit_variance_logits_and_xavier_saturates_the_tanh(
     assert (W2RAttention(rows, cols, init="zero").W == 0).all()  # uniform attention at the start
     with pytest.raises(ValueError, match="attention_init"):
         bssan_config("tiny", attention_init="glorot")
+
+
+def test_cross_covariance_init_by_hand():
+    m = _model(attention_init="cross_covariance")
+    R, O, T, lengths = _inputs(m.cfg)
+    m.init_attention_from_pairs([(R[:3], O[:3], T[:3], lengths[:3]), (R[3:], O[3:], T[3:], lengths[3:])])
+    S = m.o2w.states(T, lengths).detach()
+    forms = ((m.w2r.attention.W, lambda n: T[n, : lengths[n]], lambda n: R[n]),  # W2R: (word, region)
+             (m.o2w.attention.W, lambda n: O[n], lambda n: S[n, : lengths[n]]))  # O2W: (object, word state)
+    for W, xs, ys in forms:
+        x = np.concatenate([np.repeat(xs(n).numpy(), len(ys(n)), 0) for n in range(5)]).astype(np.float64)
+        y = np.concatenate([np.tile(ys(n).numpy(), (len(xs(n)), 1)) for n in range(5)]).astype(np.float64)
+        C = (x - x.mean(0)).T @ (y - y.mean(0)) / len(x)  # every (x, y) of every matched pair
+        first = slice(0, sum(len(xs(n)) * len(ys(n)) for n in range(3)))  # the first batch's logits
+        z = ((x[first] @ C) * y[first]).sum(1)
+        np.testing.assert_allclose(W.detach().numpy(), C / z.std(ddof=1), rtol=1e-4, atol=1e-6)
+
+
+def test_cross_covariance_init_points_at_the_region_a_word_comes_with():
+    """Word v names an object whose regions look like pattern p_v; before any training, the attention of
+    word v in new images peaks on the region that holds p_v (uniform attention would hit 1 in 4)."""
+    torch.manual_seed(0)
+    m = bssan("tiny", "w2r", attention_init="cross_covariance", attention_tanh=False)
+    g = torch.Generator().manual_seed(1)
+    cfg = m.cfg
+    words, patterns = torch.randn(3, cfg.word_dim, generator=g), 2 * torch.randn(3, cfg.region_dim, generator=g)
+    filler = torch.randn(cfg.word_dim, generator=g)
+
+    def images(n):
+        v = torch.randint(0, 3, (n,), generator=g)
+        where = torch.randint(0, cfg.num_regions, (n,), generator=g)
+        R = torch.randn(n, cfg.num_regions, cfg.region_dim, generator=g)
+        R[torch.arange(n), where] += patterns[v]
+        T = torch.zeros(n, cfg.max_length, cfg.word_dim)
+        T[:, 0], T[:, 1] = filler, words[v]  # "a <object>"
+        return R, torch.zeros(n, cfg.num_objects, cfg.object_dim), T, torch.full((n,), 2), where
+
+    *train, _ = images(200)
+    with pytest.raises(RuntimeError, match="init_attention_from_pairs"):
+        m.train()(*train)  # W still zero: training without the init is an error, not uniform attention
+    m.init_attention_from_pairs([tuple(train)])
+    *test, where = images(100)
+    alpha = m.eval()(*test)["alpha"]
+    assert (alpha[:, 1].argmax(1) == where).float().mean() > 0.9
+    assert (alpha.sum(-1) - 1).abs().max() < 1e-5

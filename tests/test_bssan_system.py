@@ -93,11 +93,11 @@ def test_negatives_both_trains_and_bad_value_is_an_error(tmp_path):
         load_experiment_config(CONFIGS / "tiny.yaml", {"train.negatives": "images"})
 
 
-@pytest.mark.parametrize("negative_attention", ["softmax", "both"])
-def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path, negative_attention):
+@pytest.mark.parametrize("negative_attention, attention_init", [("softmax", "xavier"), ("both", "cross_covariance")])
+def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path, negative_attention, attention_init):
     over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN"],
             "train.negatives_from": "batch", "train.negatives": "both",
-            "model.negative_attention": negative_attention}
+            "model.negative_attention": negative_attention, "model.attention_init": attention_init}
     result = run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
     cell = result.cells[("BSSAN", 0)]
     assert len(cell.history) == 2 and all(h["train_loss"] > 0 for h in cell.history)
@@ -107,3 +107,32 @@ def test_negatives_from_the_batch_trains_through_the_all_pairs_grid(tmp_path, ne
     with pytest.raises(ConfigError, match="negatives_from: batch"):
         load_experiment_config(CONFIGS / "tiny.yaml", {"model.negative_attention": "both",
                                                        "train.negatives_from": "draw"})
+
+
+def test_cross_covariance_init_and_frozen_attention_through_training(tmp_path):
+    """attention_init: cross_covariance is computed from the training pairs before training; with
+    train.attention_lr: 0 the trained W of Eq. 2 / 10 is that init, while the rest of the model trained."""
+    import torch
+
+    from mmsocial.experiment import cell_dir, load_corpus
+    from mmsocial.models.bssan import BSSAN
+    from mmsocial.systems import bssan as S
+
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN"],
+            "model.attention_init": "cross_covariance", "model.attention_tanh": False, "train.attention_lr": 0}
+    run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    _, cfg = load_experiment_config(CONFIGS / "tiny.yaml", over)
+    data = S.prepare(load_corpus(cfg), cfg)
+    trained, run = S.load_trained(cell_dir(tmp_path / "run", "BSSAN", 0) / "bssan")
+    assert run["train"]["attention_lr"] == 0
+    torch.manual_seed(0)  # the cell's seed: the same BiLSTM (O2W's word states) as the cell started from
+    fresh = BSSAN(trained.cfg)
+    fresh.set_input_statistics(*data.image_features(data.images("train")))
+    fresh.init_attention_from_pairs(S.matched_pairs(data, data.captions(data.images("train"))))
+    for net in ("w2r", "o2w"):
+        W = getattr(trained, net).attention.W
+        assert W.abs().max() > 0
+        torch.testing.assert_close(W, getattr(fresh, net).attention.W, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(trained.w2r.lstm.weight_ih_l0, fresh.w2r.lstm.weight_ih_l0)
+    with pytest.raises(ConfigError, match="attention_lr"):
+        load_experiment_config(CONFIGS / "tiny.yaml", {"train.attention_lr": -1})

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 VARIANTS = ("bssan", "w2r", "o2w", "no_reg")  # Table II rows BSSAN, BSSAN_w2r, BSSAN_o2w, BSSAN_no_reg
+ATTENTION_INITS = ("xavier", "bilinear", "zero", "cross_covariance")
 
 
 @dataclass
@@ -47,7 +48,9 @@ class BSSANConfig:
     attention_tanh: bool = True  # Eq. 2 and 10: tanh on the bilinear logits; False feeds them to softmax unbounded (not in the paper)
     # W of Eq. 2 / 10 (the paper gives no init): "xavier" (Glorot uniform, Keras's default; the tables' runs) gives
     # logits of std 7 on the standardised 7x7x1280 grid and GloVe 50d, 68% of them where tanh' < 0.07;
-    # "bilinear" draws N(0, 1/(rows * cols)): unit-variance logits for unit-variance inputs (configs/bssan/pointing.yaml)
+    # "bilinear" draws N(0, 1/(rows * cols)): unit-variance logits for unit-variance inputs; "cross_covariance":
+    # W = the covariance of the form's two inputs over matched training pairs (``init_attention_from_pairs``,
+    # which the trainer calls; until then W is zero), scaled to unit-variance logits (configs/bssan/pointing.yaml)
     attention_init: str = "xavier"
     # Eq. 8: 1/D (W2R) and 1/L (O2W) for negative pairs; "softmax": their learned attention; "both": every
     # negative twice, once each way (not in the paper; train.negatives_from: batch only)
@@ -64,8 +67,8 @@ class BSSANConfig:
             raise ValueError("BSSAN needs at least one of the W2R and O2W networks (w2r=True or o2w=True)")
         if self.hinge_reduction not in ("sum", "mean"):
             raise ValueError(f"hinge_reduction must be 'sum' (Eq. 7, 17) or 'mean', got {self.hinge_reduction!r}")
-        if self.attention_init not in ("bilinear", "xavier", "zero"):
-            raise ValueError(f"attention_init must be 'bilinear', 'xavier' or 'zero', got {self.attention_init!r}")
+        if self.attention_init not in ATTENTION_INITS:
+            raise ValueError(f"attention_init must be one of {ATTENTION_INITS}, got {self.attention_init!r}")
         if self.negative_attention not in ("uniform", "softmax", "both"):
             raise ValueError(f"negative_attention must be 'uniform' (Eq. 8), 'softmax' or 'both', "
                              f"got {self.negative_attention!r}")
@@ -129,13 +132,21 @@ def _check_lengths(lengths: Tensor, max_length: int) -> None:
 def _init_attention(W: nn.Parameter, init: str) -> None:
     """W of the bilinear form xᵀ W y: "bilinear" = N(0, 1/(rows·cols)), so that xᵀ W y has variance 1 when x
     and y have unit-variance entries (tanh starts in its linear range); "xavier" = Glorot uniform; "zero":
-    uniform attention at the start."""
+    uniform attention at the start; "cross_covariance": zero until ``BSSAN.init_attention_from_pairs``."""
     if init == "bilinear":
         nn.init.normal_(W, std=(W.shape[0] * W.shape[1]) ** -0.5)
-    elif init == "zero":
+    elif init in ("zero", "cross_covariance"):
         nn.init.zeros_(W)
     else:
         nn.init.xavier_uniform_(W)
+
+
+def _pair_moments(X: Tensor, x_mask: Tensor, Y: Tensor, y_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sums over every (x, y) of every pair n (x from X[n] (n, a, dx), y from Y[n] (n, b, dy), real where the
+    masks say): Σ x yᵀ, Σ x, Σ y and the number of (x, y), for ``init_attention_from_pairs``."""
+    xs, ys = (X * x_mask[..., None]).sum(1), (Y * y_mask[..., None]).sum(1)
+    na, nb = x_mask.sum(1), y_mask.sum(1)
+    return xs.T @ ys, (nb[:, None] * xs).sum(0), (na[:, None] * ys).sum(0), (na * nb).sum()
 
 
 def _logits(z: Tensor, tanh: bool) -> Tensor:
@@ -361,6 +372,45 @@ class BSSAN(nn.Module):
                 getattr(self, f"{name}_mean").copy_(mean)
                 getattr(self, f"{name}_std").copy_(var.sqrt().clamp_min(1e-6))
 
+    @torch.no_grad()
+    def init_attention_from_pairs(self, batches) -> None:
+        """``attention_init: cross_covariance`` (not in the paper): W of Eq. 2 (W2R) and of Eq. 10 (O2W) set to
+        the covariance of the bilinear form's two inputs over every (word, region) and every (object, word
+        state) of the matched training pairs, scaled so that the logits of the first batch have standard
+        deviation 1. The form then starts as the word's co-occurrence score with each region: a word's
+        logits are high on regions that look like the images its captions come with, i.e. on the object it
+        names. (W = Σ x̃ ỹᵀ is the gradient of the form's mean over matched pairs, centred.) ``batches``
+        yields (R, O, T, lengths) of matched pairs, raw features (standardised here as in ``forward``);
+        O2W's word states are those of the BiLSTM as initialised."""
+        nets = [net for net in (self.w2r, self.o2w) if net is not None]
+        moments, first = [None] * len(nets), None
+        for R, O, T, lengths in batches:
+            self._check(R, O, T, lengths)
+            R, O = self.standardize(R, O)
+            mask = word_mask(lengths, T.shape[1]).to(T.dtype)
+            items = []
+            if self.w2r is not None:
+                items.append((T, mask, R, torch.ones(R.shape[:2], dtype=R.dtype)))
+            if self.o2w is not None:
+                items.append((O, torch.ones(O.shape[:2], dtype=O.dtype), self.o2w.states(T, lengths), mask))
+            first = first or items
+            moments = [_pair_moments(*it) if m is None else tuple(a + b for a, b in zip(m, _pair_moments(*it)))
+                       for m, it in zip(moments, items)]
+        if first is None:
+            raise ValueError("init_attention_from_pairs: no training pairs")
+        for net, (sxy, sx, sy, n), (X, x_mask, Y, y_mask) in zip(nets, moments, first):
+            C = sxy / n - torch.outer(sx / n, sy / n)
+            z = torch.einsum("nax,xy,nby->nab", X, C, Y)[(x_mask[:, :, None] * y_mask[:, None, :]) > 0]
+            if not torch.isfinite(C).all() or z.std() == 0:
+                raise ValueError("init_attention_from_pairs: the inputs do not vary together (constant features?)")
+            net.attention.W.copy_(C / z.std())
+
+    def _require_attention_init(self) -> None:
+        if self.training and self.cfg.attention_init == "cross_covariance" and not any(
+                bool(net.attention.W.any()) for net in (self.w2r, self.o2w) if net is not None):
+            raise RuntimeError("attention_init: cross_covariance: call BSSAN.init_attention_from_pairs with training "
+                               "pairs before training (W is still zero)")
+
     def standardize(self, R: Tensor, O: Tensor) -> tuple[Tensor, Tensor]:
         R = (R - self.region_mean) / self.region_std if self.w2r is not None else R
         O = (O - self.object_mean) / self.object_std if self.o2w is not None else O
@@ -376,6 +426,7 @@ class BSSAN(nn.Module):
         if all_pairs:
             return self.grid(R, O, T, lengths, negative=uniform)
         self._check(R, O, T, lengths)
+        self._require_attention_init()
         if uniform is not None and self.cfg.negative_attention == "softmax":
             uniform = None
         R, O = self.standardize(R, O)
@@ -399,6 +450,7 @@ class BSSAN(nn.Module):
         self._check(R, O, T, lengths)
         if negative is not None and negative.shape != (len(R), len(T)):
             raise ValueError(f"grid: negative must be ({len(R)}, {len(T)}), got {tuple(negative.shape)}")
+        self._require_attention_init()
         if self.cfg.negative_attention == "softmax":
             negative = None
         R, O = self.standardize(R, O)

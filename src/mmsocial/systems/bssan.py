@@ -54,9 +54,10 @@ class ModelSettings(StrictModel):
     delta: Optional[float] = Field(None, ge=0)
     attention_tanh: Optional[bool] = Field(None, description="Eq. 2/10's tanh on the attention logits (false: "
                                            "unbounded logits, not in the paper)")
-    attention_init: Optional[Literal["bilinear", "xavier", "zero"]] = Field(
-        None, description="init of W in Eq. 2/10: bilinear (unit-variance logits), xavier (saturates the tanh) or "
-        "zero (uniform attention at the start)")
+    attention_init: Optional[Literal["bilinear", "xavier", "zero", "cross_covariance"]] = Field(
+        None, description="init of W in Eq. 2/10: bilinear (unit-variance logits), xavier (saturates the tanh), "
+        "zero (uniform attention at the start) or cross_covariance (from the training pairs: a word's logits "
+        "start high on the regions that look like its captions' images)")
     negative_attention: Optional[Literal["uniform", "softmax", "both"]] = Field(
         None, description="the negatives' attention in training: uniform (Eq. 8), softmax (learned), or both "
         "(every negative scored each way; needs train.negatives_from: batch)")
@@ -79,6 +80,8 @@ class TrainSettings(StrictModel):
                                               "paper's: lr and momentum of the model settings, 0.01 / 0.9)")
     lr: Optional[float] = Field(None, gt=0, description="None: 1e-3 for adam, the model's lr (paper 0.01) for sgd")
     grad_clip: Optional[float] = Field(5.0, gt=0, description="max global gradient norm (paper: none given)")
+    attention_lr: Optional[float] = Field(None, ge=0, description="learning rate of W and b of Eq. 2/10 (None: "
+                                          "lr; 0 keeps the attention at its init; not in the paper)")
     eval_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     negatives: Literal["caption", "both"] = Field("caption", description="caption: a negative caption per image "
                                                   "(Eq. 7/17 as printed); both: also a negative image per caption")
@@ -479,6 +482,15 @@ def _reuse(cell_dir: Optional[Path], run_config: dict):
     return model if same else None
 
 
+def matched_pairs(data: Data, caps: np.ndarray, most: int = 20_000, chunk: int = 256):
+    """(R, O, T, lengths) of (image, caption) training pairs in chunks, at most ``most`` captions spread
+    evenly over ``caps`` (for ``attention_init: cross_covariance``)."""
+    caps = caps[np.linspace(0, len(caps) - 1, most).astype(np.int64)] if len(caps) > most else caps
+    for a in range(0, len(caps), chunk):
+        part = caps[a:a + chunk]
+        yield (*data.image_features(data.caption_image[part]), *data.words(part))
+
+
 def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path):
     """Train one BSSAN variant on the training captions; the checkpoint kept is the best validation rsum."""
     from mmsocial.models.bssan import BSSAN, BSSANLoss
@@ -493,6 +505,8 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
         model.set_input_statistics(*data.image_features(data.images("train")))
     loss_fn = BSSANLoss(mcfg)
     tr_caps = data.captions(data.images("train"))
+    if mcfg.attention_init == "cross_covariance":
+        model.init_attention_from_pairs(matched_pairs(data, tr_caps))
     pool_images = torch.from_numpy(data.caption_image[tr_caps])
 
     both = cfg.train.negatives == "both"
@@ -552,8 +566,14 @@ def train_bssan(data: Data, cfg: Config, variant: str, seed: int, out_dir: Path)
                         "progress": t.progress, "grad_clip": t.grad_clip, "max_steps": t.max_steps,
                         "eval_every": t.eval_every, "drop_last": len(tr_caps) > mcfg.batch_size,
                         "early_stopping": {"metric": "val_rsum", "mode": "max", "patience": 1000}}, TrainConfig)
+    groups = None
+    if t.attention_lr is not None:
+        attention = [p for name, p in model.named_parameters() if ".attention." in name]
+        rest = [p for name, p in model.named_parameters() if ".attention." not in name]
+        groups = [{"params": rest}, {"params": attention, "lr": t.attention_lr}]
     result = train(model, FeatureDataset({"row": np.arange(len(tr_caps))}), batch_loss, tcfg, out_dir,
-                   evaluate=evaluate, resume=False, run_config=_bssan_run_config(data, cfg, variant))
+                   evaluate=evaluate, resume=False, param_groups=groups,
+                   run_config=_bssan_run_config(data, cfg, variant))
     if result.best_checkpoint is not None:
         load_checkpoint(result.best_checkpoint, model)
     return model.to("cpu").eval(), result
