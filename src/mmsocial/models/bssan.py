@@ -379,7 +379,7 @@ class BSSAN(nn.Module):
         state) of the matched training pairs, scaled so that the logits of the first batch have standard
         deviation 1. The form then starts as the word's co-occurrence score with each region: a word's
         logits are high on regions that look like the images its captions come with, i.e. on the object it
-        names. (W = Σ x̃ ỹᵀ is the gradient of the form's mean over matched pairs, centred.) ``batches``
+        names (W is the gradient of the form's mean over the centred (x, y) of matched pairs). ``batches``
         yields (R, O, T, lengths) of matched pairs, raw features (standardised here as in ``forward``);
         O2W's word states are those of the BiLSTM as initialised."""
         nets = [net for net in (self.w2r, self.o2w) if net is not None]
@@ -390,9 +390,9 @@ class BSSAN(nn.Module):
             mask = word_mask(lengths, T.shape[1]).to(T.dtype)
             items = []
             if self.w2r is not None:
-                items.append((T, mask, R, torch.ones(R.shape[:2], dtype=R.dtype)))
+                items.append((T, mask, R, R.new_ones(R.shape[:2])))
             if self.o2w is not None:
-                items.append((O, torch.ones(O.shape[:2], dtype=O.dtype), self.o2w.states(T, lengths), mask))
+                items.append((O, O.new_ones(O.shape[:2]), self.o2w.states(T, lengths), mask))
             first = first or items
             moments = [_pair_moments(*it) if m is None else tuple(a + b for a, b in zip(m, _pair_moments(*it)))
                        for m, it in zip(moments, items)]

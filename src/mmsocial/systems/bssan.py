@@ -725,9 +725,10 @@ def demo(corpus_dir: Path, workdir: Path):
     cfg = Config(name="demo", corpus=str(corpus_dir), workdir=str(workdir), seeds=[0], rows=DEMO_ROWS,
                  tables=["table2"], threads=1, two_stage_k=50, two_stage_full=False, val_images=100,
                  objects_from="regions",
-                 model=ModelSettings(epochs=3, batch_size=32, negative_attention="softmax"),  # as table2.yaml
+                 model=ModelSettings(epochs=3, batch_size=32, negative_attention="softmax",  # as pointing.yaml
+                                     attention_init="cross_covariance"),
                  dual=DualEncoderSettings(epochs=8, max_violation=False),
-                 train=TrainSettings(progress=False, negatives_from="batch", negatives="both"))
+                 train=TrainSettings(progress=False, negatives_from="batch", negatives="both", attention_lr=1e-5))
     return run_experiment(cfg, progress=False)
 
 
