@@ -29,3 +29,17 @@ def test_train_then_viz_attention_writes_pngs(tmp_path):
     assert len(pngs) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     r = CliRunner().invoke(app, ["viz", "attention", str(tmp_path)])
     assert r.exit_code == 2 and "mmsocial train bssan" in r.output
+
+
+def test_viz_attention_of_an_experiment_cell(tmp_path):
+    from mmsocial.experiment import cell_dir, run_experiment
+
+    over = {"corpus": str(tmp_path / "corpus"), "workdir": str(tmp_path / "run"), "rows": ["BSSAN_w2r"]}
+    run_experiment(CONFIGS / "tiny.yaml", over, progress=False)
+    cell = cell_dir(tmp_path / "run", "BSSAN_w2r", 0)
+    r = CliRunner().invoke(app, ["viz", "attention", str(cell), "--count", "2"])
+    assert r.exit_code == 0, r.output
+    pngs = sorted((cell / "attention").glob("*.png"))
+    assert len(pngs) == 2 and all(p.name.endswith("-w2r.png") for p in pngs)  # W2R only: no O2W network
+    r = CliRunner().invoke(app, ["viz", "attention", str(cell / "bssan"), "--out", str(tmp_path / "pics"), "--count", "1"])
+    assert r.exit_code == 0 and len(list((tmp_path / "pics").glob("*.png"))) == 1

@@ -733,21 +733,31 @@ def demo(corpus_dir: Path, workdir: Path):
 
 
 # ---------------------------------------------------------------------------- viz
+def _trained_run(run_dir: Path) -> tuple[Path, Path]:
+    """(checkpoint folder, the config it was trained with) of a folder written by `mmsocial train bssan`, or of
+    an experiment cell (WORKDIR/ROW-seedN, or its ``bssan`` folder; the config is WORKDIR/config.yaml)."""
+    if (run_dir / "config.yaml").is_file() and (run_dir / "model.json").is_file():
+        return run_dir, run_dir / "config.yaml"
+    cell = run_dir / "bssan" if (run_dir / "bssan").is_dir() else run_dir
+    if cell.name == "bssan" and (cell.parent.parent / "config.yaml").is_file():
+        return cell, cell.parent.parent / "config.yaml"
+    raise ValueError(f"{run_dir}: not a BSSAN run; give a run folder written by `mmsocial train bssan` or a cell "
+                     f"folder of a BSSAN experiment (WORKDIR/ROW-seedN with a bssan folder)")
+
+
 def attention_pictures(run_dir: Path, out: Optional[Path] = None, count: int = 4) -> list[Path]:
     """W2R heat maps and O2W line charts of the first ``count`` test images (with their first caption)
-    of a run folder written by `mmsocial train bssan`."""
+    of a run folder written by `mmsocial train bssan` or an experiment cell (default output: its
+    ``attention`` folder)."""
     from mmsocial.experiment import load_corpus
     from mmsocial.viz.bssan_attention import o2w_figure, w2r_figure
 
-    run_dir = Path(run_dir)
-    for f in ("config.yaml", "model.json"):
-        if not (run_dir / f).is_file():
-            raise ValueError(f"{run_dir}: no {f}; give a run folder written by `mmsocial train bssan`")
-    cfg = load_config(run_dir / "config.yaml", Config)
+    checkpoints, config = _trained_run(Path(run_dir))
+    cfg = load_config(config, Config)
     corpus = load_corpus(cfg)
     data = prepare(corpus, cfg)
-    model, _ = load_trained(run_dir)
-    out = Path(out) if out is not None else run_dir / "attention"
+    model, _ = load_trained(checkpoints)
+    out = Path(out) if out is not None else Path(run_dir) / "attention"
     written = []
     for i in data.images("test")[:count]:
         cap = data.captions(np.array([i]))[:1]
@@ -769,7 +779,8 @@ def add_commands(groups) -> None:
     import typer
 
     @groups["viz"].command("attention")
-    def viz_attention(run_dir: Path = typer.Argument(..., help="a run folder of `mmsocial train bssan`"),
+    def viz_attention(run_dir: Path = typer.Argument(..., help="a run folder of `mmsocial train bssan`, or an "
+                                                     "experiment cell folder (WORKDIR/ROW-seedN)"),
                       out: Optional[Path] = typer.Option(None, help="folder for the PNG files (default RUN_DIR/attention)"),
                       count: int = typer.Option(4, help="test images to draw")):
         """BSSAN attention as PNG: W2R heat maps per word (Fig. 7) and O2W word weights per object (Fig. 8)."""
