@@ -361,6 +361,7 @@ class BSSAN(nn.Module):
         self.register_buffer("object_std", torch.ones(cfg.object_dim))
         self._memo: dict[str, tuple] = {}
         self.share_prefixes = True  # fast path: one W2R recurrence per distinct caption prefix (False: per caption)
+        self._attention_ready = cfg.attention_init != "cross_covariance"  # W checked once (a host sync on GPU)
 
     def set_input_statistics(self, R: Tensor, O: Tensor) -> None:
         """Per-channel mean and std of regions (N, D, M) and objects (N, P, Q), e.g. of the training images."""
@@ -406,10 +407,12 @@ class BSSAN(nn.Module):
             net.attention.W.copy_(C / z.std())
 
     def _require_attention_init(self) -> None:
-        if self.training and self.cfg.attention_init == "cross_covariance" and not any(
-                bool(net.attention.W.any()) for net in (self.w2r, self.o2w) if net is not None):
+        if self._attention_ready or not self.training:
+            return
+        if not any(bool(net.attention.W.any()) for net in (self.w2r, self.o2w) if net is not None):
             raise RuntimeError("attention_init: cross_covariance: call BSSAN.init_attention_from_pairs with training "
                                "pairs before training (W is still zero)")
+        self._attention_ready = True  # W is non-zero: initialised from the pairs, or loaded from a checkpoint
 
     def standardize(self, R: Tensor, O: Tensor) -> tuple[Tensor, Tensor]:
         R = (R - self.region_mean) / self.region_std if self.w2r is not None else R
